@@ -1,0 +1,16 @@
+"""The ``crawler`` command: a thin layer over the library.
+
+Each command parses its options, calls one library function, prints the result, and maps
+library errors to a one-line message and an exit code. Commands live in one module per area
+and are registered here.
+"""
+
+from crawler.cli import extract_commands
+from crawler.cli.common import cli
+
+for module in (extract_commands,):
+    module.register(cli)
+
+
+def main() -> None:
+    cli(prog_name="crawler")

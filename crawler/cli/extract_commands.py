@@ -1,0 +1,79 @@
+"""``crawler extract`` and ``crawler distance``: the metadata object of one image at a time."""
+
+import sys
+
+import click
+
+from crawler.cli.common import EXIT_ERROR, format_option, handle_errors, settings_from
+from crawler.config import HASH_ALGORITHMS
+from crawler.errors import CrawlerError
+from crawler.extract import phash
+from crawler.oneshot import extract_source
+from crawler.output import to_json, write_rows
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, metavar="PATH_OR_URL...")
+@click.option("--jsonl", is_flag=True, help="One JSON object per line, even for one input.")
+@click.option(
+    "--hash-algorithm",
+    type=click.Choice(HASH_ALGORITHMS),
+    help="pHash algorithm: imagekit (ImageKit's, the default) or imagehash (imagehash.phash).",
+)
+@click.option("--pixel-limit", type=int, help="Refuse images with more pixels than this.")
+@click.pass_context
+@handle_errors
+def extract(
+    ctx: click.Context,
+    sources: tuple[str, ...],
+    jsonl: bool,
+    hash_algorithm: str | None,
+    pixel_limit: int | None,
+) -> None:
+    """Print ImageKit's metadata object of each image as JSON.
+
+    One input prints pretty JSON; several print one line each (`source` added).
+    Errors go to stderr, one line each; the exit code is 1 if any input failed.
+
+    Example: crawler extract photo.jpg https://example.com/cat.png --jsonl
+    """
+    settings = settings_from(
+        ctx, **{"extract.hash_algorithm": hash_algorithm, "extract.pixel_limit": pixel_limit}
+    )
+    one_pretty = len(sources) == 1 and not jsonl
+    failed = 0
+    for source in sources:
+        try:
+            metadata = extract_source(source, settings).metadata
+        except CrawlerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed += 1
+            continue
+        if one_pretty:
+            click.echo(to_json(metadata, pretty=True))
+        else:
+            click.echo(to_json({"source": source, **metadata}))
+    if failed:
+        sys.exit(EXIT_ERROR)
+
+
+@click.command()
+@click.argument("hash_a", metavar="HASH1")
+@click.argument("hash_b", metavar="HASH2")
+@format_option()
+@handle_errors
+def distance(hash_a: str, hash_b: str, fmt: str) -> None:
+    """Hamming distance (0..64) and similarity (1 - distance/64) of two pHashes.
+
+    Example: crawler distance 63433b3ccf8e1ebe f5d2226cd9d32b16
+    """
+    row = {
+        "distance": phash.distance(hash_a, hash_b),
+        "similarity": phash.similarity(hash_a, hash_b),
+    }
+    write_rows([row], ["distance", "similarity"], fmt, sys.stdout)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(extract)
+    cli.add_command(distance)

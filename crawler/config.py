@@ -1,0 +1,208 @@
+"""Settings: defaults, a TOML file, environment and command-line overrides, in that order.
+
+Every setting has a dotted key (``crawl.concurrency``) that names it in the file, in errors
+and in ``config.example.toml``. A bad value raises ``ConfigError`` naming the key.
+"""
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crawler.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///crawler.db"
+DATABASE_URL_ENV = "CRAWLER_DATABASE_URL"
+CONFIG_PATH_ENV = "CRAWLER_CONFIG"
+HASH_ALGORITHMS = ("imagekit", "imagehash")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = DEFAULT_DATABASE_URL
+
+
+@dataclass(frozen=True)
+class TimeoutSettings:
+    connect: float = 10.0
+    read: float = 30.0
+    total: float = 120.0
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    concurrency: int = 32
+    per_host_concurrency: int = 4
+    per_host_delay: float = 0.0
+    user_agent: str = "crawler/0.1 (+https://github.com/crawler-project/crawler)"
+    robots: bool = True
+    max_redirects: int = 5
+    max_size: int = 50 * 1024 * 1024
+    extract_workers: int = 0  # 0: one per core
+    batch_size: int = 100
+    claim_timeout: float = 600.0
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    pixel_limit: int = 268_402_689  # libvips' and sharp's default: 0x3FFF * 0x3FFF
+    hash_algorithm: str = "imagekit"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    max_upstream_fetches: int = 16
+    rate_limit_per_minute: int = 600
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    crawl: CrawlSettings = field(default_factory=CrawlSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults, then the TOML file (``path``, else ``$CRAWLER_CONFIG``, else ``crawler.toml``
+    if present), then ``$CRAWLER_DATABASE_URL``, then ``overrides`` (dotted keys; ``None``
+    values are ignored so that unset CLI flags keep the file's value)."""
+    values: dict[str, Any] = {}
+    config_path = path or os.environ.get(CONFIG_PATH_ENV)
+    if config_path is None and Path("crawler.toml").is_file():
+        config_path = "crawler.toml"
+    if config_path is not None:
+        values = _read_toml(Path(config_path))
+    if url := os.environ.get(DATABASE_URL_ENV):
+        values.setdefault("database", {})["url"] = url
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(values, dotted, value)
+    settings = _build(Settings, values, prefix="")
+    _validate(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, key = dotted.split(".")
+    for section in sections:
+        values = values.setdefault(section, {})
+    values[key] = value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table of settings")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting")
+    kwargs = {}
+    for name, value in values.items():
+        kind = fields[name].type
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value, prefix=f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, kind, value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if kind == tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover - table is fixed
+
+
+def _validate(settings: Settings) -> None:
+    positive = {
+        "crawl.concurrency": settings.crawl.concurrency,
+        "crawl.per_host_concurrency": settings.crawl.per_host_concurrency,
+        "crawl.max_size": settings.crawl.max_size,
+        "crawl.batch_size": settings.crawl.batch_size,
+        "crawl.claim_timeout": settings.crawl.claim_timeout,
+        "crawl.timeouts.connect": settings.crawl.timeouts.connect,
+        "crawl.timeouts.read": settings.crawl.timeouts.read,
+        "crawl.timeouts.total": settings.crawl.timeouts.total,
+        "crawl.retries.attempts": settings.crawl.retries.attempts,
+        "extract.pixel_limit": settings.extract.pixel_limit,
+        "serve.max_upstream_fetches": settings.serve.max_upstream_fetches,
+        "serve.rate_limit_per_minute": settings.serve.rate_limit_per_minute,
+    }
+    non_negative = {
+        "crawl.per_host_delay": settings.crawl.per_host_delay,
+        "crawl.max_redirects": settings.crawl.max_redirects,
+        "crawl.extract_workers": settings.crawl.extract_workers,
+        "crawl.retries.backoff_base": settings.crawl.retries.backoff_base,
+        "crawl.retries.backoff_max": settings.crawl.retries.backoff_max,
+        "crawl.retries.retry_after_max": settings.crawl.retries.retry_after_max,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {value}")
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be 0 or more, got {value}")
+    if settings.extract.hash_algorithm not in HASH_ALGORITHMS:
+        raise ConfigError(
+            f"extract.hash_algorithm: expected one of {', '.join(HASH_ALGORITHMS)}, "
+            f"got {settings.extract.hash_algorithm!r}"
+        )
+    if not 0 < settings.serve.port < 65536:
+        raise ConfigError(f"serve.port: expected 1..65535, got {settings.serve.port}")
+    if not settings.database.url.strip():
+        raise ConfigError("database.url: must not be empty")

@@ -1,0 +1,76 @@
+"""Extraction: the bytes of an image in, ImageKit's metadata object out.
+
+``extract(data)`` is the one entry point. It reads the header facts (``image``), the JPEG
+quality estimate (``quality``), the EXIF sections (``exif``) and the perceptual hash
+(``phash``), and assembles them in the documented key order.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crawler.config import ExtractSettings
+from crawler.errors import ExifError
+from crawler.extract import exif, image, phash, quality
+
+METADATA_KEYS = (
+    "height",
+    "width",
+    "size",
+    "format",
+    "hasColorProfile",
+    "quality",
+    "density",
+    "hasTransparency",
+    "pHash",
+    "exif",
+)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The metadata object, which algorithm made its pHash, and problems that did not stop it."""
+
+    metadata: dict[str, Any]
+    hash_algorithm: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def extract(
+    data: bytes, source: str | None = None, settings: ExtractSettings | None = None
+) -> Extraction:
+    """The metadata object of the image in ``data``.
+
+    ``source`` (a path or URL) only names the image in error messages. Raises an
+    ``ImageError`` subclass when the bytes are not a readable image; broken EXIF does not
+    raise: ``exif`` is then ``{}`` and the problem is in ``warnings``.
+    """
+    settings = settings or ExtractSettings()
+    where = f" ({source})" if source else ""
+    header = image.read_header(data, pixel_limit=settings.pixel_limit, where=where)
+    warnings: list[str] = []
+    try:
+        exif_sections = exif.read_exif(data, header.format)
+    except ExifError as exc:
+        exif_sections = {}
+        warnings.append(f"exif: {exc}")
+    hash_value = phash.compute(data, header, settings.hash_algorithm, where=where)
+    metadata = {
+        "height": header.height,
+        "width": header.width,
+        "size": len(data),
+        "format": header.format,
+        "hasColorProfile": header.has_color_profile,
+        "quality": quality.estimate(data) if header.format == "jpg" else 0,
+        "density": header.density,
+        "hasTransparency": header.has_transparency,
+        "pHash": phash.to_hex(hash_value),
+        "exif": exif_sections,
+    }
+    return Extraction(metadata, settings.hash_algorithm, warnings)
+
+
+def extract_metadata(
+    data: bytes, source: str | None = None, settings: ExtractSettings | None = None
+) -> dict[str, Any]:
+    """Just the metadata object: ``extract(...).metadata``."""
+    return extract(data, source, settings).metadata
