@@ -10,6 +10,7 @@ Run by hand:  .venv/bin/python bench/extract.py [--rounds 5]
 
 import argparse
 import io
+import logging
 import os
 import statistics
 import sys
@@ -18,11 +19,11 @@ from pathlib import Path
 
 os.environ["VIPS_CONCURRENCY"] = "1"  # one core: must be set before libvips loads
 
-import exifread  # noqa: E402
-import imagehash  # noqa: E402
-from PIL import Image  # noqa: E402
+import exifread
+import imagehash
+from PIL import Image
 
-from crawler.extract import extract  # noqa: E402
+from crawler.extract import extract
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 DATA = Path(__file__).resolve().parent / ".data" / "photos-12mp"
@@ -70,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     rounds = parser.parse_args().rounds
+    logging.getLogger("exifread").setLevel(logging.ERROR)  # maker-note warnings per image
     photos = [path.read_bytes() for path in photo_files()]
     timings: dict[str, list[float]] = {"naive": [], "crawler": []}
     for data in photos:  # warm-up: first calls load codecs

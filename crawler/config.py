@@ -79,7 +79,9 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
 
 
-def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
     """Defaults, then the TOML file (``path``, else ``$CRAWLER_CONFIG``, else ``crawler.toml``
     if present), then ``$CRAWLER_DATABASE_URL``, then ``overrides`` (dotted keys; ``None``
     values are ignored so that unset CLI flags keep the file's value)."""

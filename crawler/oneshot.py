@@ -19,7 +19,9 @@ def read_local(path: str | Path, max_size: int) -> bytes:
         if file_path.is_dir():
             raise SourceError(f"{path}: is a directory, not an image file")
         if size > max_size:
-            raise SourceError(f"{path}: {size} bytes is over the limit of {max_size} (crawl.max_size)")
+            raise SourceError(
+                f"{path}: {size} bytes is over the limit of {max_size} (crawl.max_size)"
+            )
         with file_path.open("rb") as handle:
             return handle.read(max_size + 1)
     except FileNotFoundError:

@@ -35,7 +35,9 @@ def _cell(value: Any) -> str:
 def _write_table(rows: Iterable[dict[str, Any]], columns: Sequence[str], out: TextIO) -> int:
     # A table needs every width before the first line, so it is the one format that buffers.
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
-    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    widths = [
+        max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)
+    ]
     out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for line in cells:

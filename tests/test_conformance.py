@@ -16,9 +16,18 @@ import pytest
 from crawler.errors import ImageError
 from crawler.extract import Extraction, extract
 from crawler.extract.phash import distance
+from crawler.extract.quality import estimate
 from tests.conftest import CORPUS, EXPECTED, FIXTURES, require_shared
 
-SHARP_FIELDS = ("height", "width", "size", "format", "hasColorProfile", "density", "hasTransparency")
+SHARP_FIELDS = (
+    "height",
+    "width",
+    "size",
+    "format",
+    "hasColorProfile",
+    "density",
+    "hasTransparency",
+)
 BROKEN_DIRS = ("exif-samples/jpg/invalid/", "exif-samples/jpg/tests/")
 BROKEN_FILES = ("exif-samples/jpg/corrupted.jpg",)
 
@@ -118,11 +127,8 @@ def test_canon_40d_gives_the_documented_object() -> None:
 
 def test_quality_equals_imagemagick_identify_on_every_corpus_jpeg() -> None:
     require_shared()
-    expected = dict(
-        line.rsplit(" ", 1) for line in (FIXTURES / "imagemagick-quality.txt").read_text().splitlines()
-    )
-    from crawler.extract.quality import estimate
-
+    lines = (FIXTURES / "imagemagick-quality.txt").read_text().splitlines()
+    expected = dict(line.rsplit(" ", 1) for line in lines)
     ours = {name: str(estimate((CORPUS / name).read_bytes())) for name in expected}
     assert ours == expected
 

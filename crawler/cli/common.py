@@ -37,7 +37,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, database_url: str | None, verbose: int) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, database_url: str | None, verbose: int
+) -> None:
     """Crawl images into a SQL catalogue of ImageKit-style metadata, and query it.
 
     Example: crawler run seeds.txt && crawler stats
@@ -82,12 +84,20 @@ def format_option(default: str = "table", choices: tuple[str, ...] = FORMATS) ->
     """The shared ``--format`` option, with ``--json`` and ``--csv`` as shorthands."""
 
     def decorate(command: F) -> F:
-        command = click.option(
-            "--csv", "fmt", flag_value="csv", help="Shorthand for --format csv."
-        )(command) if "csv" in choices else command
-        command = click.option(
-            "--json", "fmt", flag_value="json", help="Shorthand for --format json."
-        )(command) if "json" in choices else command
+        command = (
+            click.option("--csv", "fmt", flag_value="csv", help="Shorthand for --format csv.")(
+                command
+            )
+            if "csv" in choices
+            else command
+        )
+        command = (
+            click.option("--json", "fmt", flag_value="json", help="Shorthand for --format json.")(
+                command
+            )
+            if "json" in choices
+            else command
+        )
         return click.option(
             "--format",
             "fmt",

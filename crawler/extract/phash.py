@@ -4,9 +4,22 @@ A hash travels as 16 lower-case hex digits (what ImageKit's API returns) and is 
 signed 64-bit integer (two's complement of the same bits), because SQL's BIGINT is signed.
 """
 
+import math
 from typing import Final
 
-from crawler.errors import HashFormatError
+import imagehash
+import numpy as np
+import pyvips
+from PIL import Image
+
+from crawler.errors import ConfigError, DecodeError, HashFormatError
+from crawler.extract.image import (
+    VIPS_FORMATS,
+    ImageHeader,
+    decode_with_pillow,
+    load_vips,
+    vips_errors,
+)
 
 HASH_BITS: Final = 64
 _SIGN_BIT: Final = 1 << 63
@@ -46,3 +59,212 @@ def distance(a: int | str, b: int | str) -> int:
 def similarity(a: int | str, b: int | str) -> float:
     """ImageKit's similarity score: ``1 - distance / 64``."""
     return 1 - distance(a, b) / HASH_BITS
+
+
+# --- Computing hashes -------------------------------------------------------------------------
+#
+# ImageKit's pHash is npm sharp-phash 2.2.0: sharp(img).greyscale().resize(32, 32, {fit: 'fill'})
+# .rotate().raw(), then a 32 x 32 DCT-II. To give the same bits we repeat the libvips operations
+# sharp 0.35.5 runs for that chain (src/pipeline.cc), in its order and with its parameters.
+
+_SAMPLE_SIZE: Final = 32
+_LOW_SIZE: Final = 8
+_SIXTEEN_BIT: Final = frozenset({"rgb16", "grey16"})
+# Where Pillow decodes what libvips cannot: HEVC (pillow-heif has libde265) and JPEG data
+# libvips gives up on. Elsewhere Pillow adds nothing but libtiff's noise on stderr.
+_PILLOW_FALLBACK_FORMATS: Final = frozenset({"jpg", "heif"})
+# sharp's CalculateExifRotationAndFlop: orientation -> (rotation, mirror left-right after it)
+_EXIF_ROTATION: Final = {
+    2: ("d0", True),
+    3: ("d180", False),
+    4: ("d180", True),
+    5: ("d90", True),
+    6: ("d90", False),
+    7: ("d270", True),
+    8: ("d270", False),
+}
+# sharp-phash's COS[k][n] = cos((2k + 1) / (2N) * n * pi) for the columns n = 1..8 it uses.
+# JavaScript's Math.cos (V8's fdlibm port) rounds these arguments one ulp away from the C
+# library: on flat images every coefficient is rounding noise, so the hash depends on them.
+_V8_COSINES: Final = {
+    (1, 5): float.fromhex("0x1.7b5df226aafb0p-1"),
+    (2, 3): float.fromhex("0x1.7b5df226aafb0p-1"),
+    (7, 1): float.fromhex("0x1.7b5df226aafb0p-1"),
+    (8, 1): float.fromhex("0x1.57d69348ceca0p-1"),
+    (9, 6): float.fromhex("0x1.8bc806b15173dp-1"),
+    (17, 4): float.fromhex("0x1.a9b66290ea1a6p-1"),
+    (21, 1): float.fromhex("-0x1.073879922ffecp-1"),
+    (21, 2): float.fromhex("-0x1.e2b5d3806f640p-2"),
+    (25, 6): float.fromhex("-0x1.8bc806b151740p-1"),
+    (28, 2): float.fromhex("0x1.8bc806b15173dp-1"),
+    (29, 7): float.fromhex("0x1.2c8106e8e6145p-3"),
+    (31, 8): float.fromhex("0x1.d906bcf328d48p-1"),
+}
+_LOW_COS: Final = np.array(
+    [
+        [
+            _V8_COSINES.get((k, n), math.cos(((2 * k + 1) / (2.0 * _SAMPLE_SIZE)) * n * math.pi))
+            for n in range(1, _LOW_SIZE + 1)
+        ]
+        for k in range(_SAMPLE_SIZE)
+    ]
+)
+
+
+def compute(data: bytes, header: ImageHeader, algorithm: str, where: str = "") -> int:
+    """The unsigned 64-bit pHash of the image in ``data`` by ``algorithm``.
+
+    ``header`` is ``image.read_header(data, ...)``, already checked against the pixel limit.
+    Raises DecodeError when the pixels cannot be decoded, ConfigError for an unknown algorithm.
+    """
+    if algorithm == "imagekit":
+        return imagekit_phash(data, header, where)
+    if algorithm == "imagehash":
+        return imagehash_phash(data, header, where)
+    raise ConfigError(
+        f"extract.hash_algorithm: expected imagekit or imagehash, got {algorithm!r}{where}"
+    )
+
+
+def imagekit_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
+    """ImageKit's pHash (npm sharp-phash 2.2.0), bit for bit where libvips decodes the image.
+
+    What libvips cannot decode here (HEVC-coded HEIF, BMP, JPEGs whose corrupt data libvips
+    gives up on) is decoded by Pillow and then takes the same greyscale/resize steps; sharp
+    itself gives no hash for those.
+    """
+    if header.format not in VIPS_FORMATS:
+        return _dct_hash(_greyscale_32_via_pillow(data, header, where))
+    try:
+        samples = _greyscale_32_via_vips(data, header, where)
+    except DecodeError as vips_failure:
+        if header.format not in _PILLOW_FALLBACK_FORMATS:
+            raise
+        try:
+            samples = _greyscale_32_via_pillow(data, header, where)
+        except DecodeError:
+            raise vips_failure from None
+    return _dct_hash(samples)
+
+
+def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
+    """``imagehash.phash`` of the oriented image, for catalogues hashed with that library.
+
+    This is a different algorithm from ImageKit's (median threshold, DC term included): the
+    two give unrelated bits for the same image (32 apart on Canon_40D.jpg), so hashes of the
+    two kinds must never be compared with each other. The image is decoded at full size, as
+    imagehash users do: a reduced JPEG decode moved bits on 2 of 90 corpus photos.
+    """
+    picture = decode_with_pillow(data, header, where)
+    return int(str(imagehash.phash(picture)), 16)
+
+
+def _greyscale_32_via_vips(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
+    """The 32 x 32 greyscale samples sharp hands to sharp-phash, through libvips."""
+    image = load_vips(data, header.format, where, **_shrink_on_load(header))
+    with vips_errors(header.format, where, "pixels"):
+        return _sharp_pipeline(image, header.orientation)
+
+
+def _greyscale_32_via_pillow(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
+    picture = decode_with_pillow(data, header, where, min_size=_SAMPLE_SIZE)
+    with vips_errors(header.format, where, "pixels"):
+        return _sharp_pipeline(_vips_from_pillow(picture), orientation=1)
+
+
+def _shrink_on_load(header: ImageHeader) -> dict[str, float]:
+    """sharp's loader options for a 32 x 32 target with fastShrinkOnLoad (its default)."""
+    shrink = min(header.width / _SAMPLE_SIZE, header.height / _SAMPLE_SIZE)
+    if header.format == "jpg":
+        factor = next((f for f in (8, 4, 2) if shrink >= f), 1)
+        # sharp steps down where libjpeg would round the shrunk size below the target
+        if factor > 1 and int(shrink) == factor:
+            factor //= 2
+        return {"shrink": factor} if factor > 1 else {}
+    if header.format == "webp" and shrink > 1.0:
+        return {"scale": 1.0 / shrink}
+    return {}
+
+
+def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
+    """ICC to sRGB, greyscale, Lanczos-3 to 32 x 32, orient, back to 8-bit: sharp's order."""
+    hshrink = image.width / _SAMPLE_SIZE
+    vshrink = image.height / _SAMPLE_SIZE
+    image = _to_processing_space(image)
+    image = image.colourspace("b-w")
+    band_format = image.format
+    has_alpha = image.hasalpha()
+    if has_alpha:
+        image = image.premultiply().cast(band_format)
+    if hshrink != 1.0 or vshrink != 1.0:
+        image = image.resize(1.0 / hshrink, vscale=1.0 / vshrink, kernel="lanczos3")
+    rotation, mirror = _EXIF_ROTATION.get(orientation, ("d0", False))
+    if rotation != "d0":
+        image = image.rot(rotation)
+    if mirror:
+        image = image.fliphor()
+    if has_alpha:
+        image = image.unpremultiply().cast(band_format)
+    if image.interpretation in _SIXTEEN_BIT:
+        image = image.cast("ushort")
+    if image.interpretation != "srgb":
+        image = image.colourspace("srgb", source_space=image.interpretation)
+    grey = image[0].cast("uchar")
+    return np.frombuffer(grey.write_to_memory(), dtype=np.uint8).reshape(_SAMPLE_SIZE, _SAMPLE_SIZE)
+
+
+def _to_processing_space(image: pyvips.Image) -> pyvips.Image:
+    processing_profile = "p3" if image.interpretation == "rgb16" else "srgb"
+    if image.get_typeof("icc-profile-data") != 0 and image.interpretation not in (
+        "labs",
+        "grey16",
+    ):
+        try:
+            return image.icc_transform(
+                processing_profile,
+                embedded=True,
+                depth=16 if image.interpretation in _SIXTEEN_BIT else 8,
+                intent="perceptual",
+            )
+        except pyvips.Error:
+            return image  # sharp, too, goes on without a profile it cannot use
+    if image.interpretation == "cmyk":
+        return image.icc_transform(processing_profile, input_profile="cmyk", intent="perceptual")
+    return image
+
+
+def _vips_from_pillow(picture: Image.Image) -> pyvips.Image:
+    """A libvips image of Pillow's pixels, with the ICC profile when it still applies."""
+    icc_profile = picture.info.get("icc_profile")
+    if picture.mode not in ("L", "LA", "RGB", "RGBA"):
+        picture = picture.convert("RGBA" if picture.has_transparency_data else "RGB")
+        icc_profile = None
+    image = pyvips.Image.new_from_array(np.asarray(picture)).copy(
+        interpretation="b-w" if picture.mode in ("L", "LA") else "srgb"
+    )
+    if icc_profile:
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc_profile)
+    return image
+
+
+def _dct_hash(samples: np.ndarray) -> int:
+    """sharp-phash's DCT and threshold on 32 x 32 samples given as rows of pixels.
+
+    sharp-phash indexes its signal as s[x][y] = pixels[32 * y + x] (a transposition), sums each
+    coefficient term by term in order (i outer, j inner) and sets a bit where a coefficient of
+    the 8 x 8 low block (DC row and column skipped) is above their mean, first bit highest.
+    The same terms are summed in the same order here (cumsum is sequential), so ties break
+    as they do in JavaScript.
+    """
+    signal = samples.T.astype(np.float64)
+    # terms[u, v, i, j] = (COS[i][u] * COS[j][v]) * f[i][j]
+    cos_u = _LOW_COS.T[:, None, :, None]
+    cos_v = _LOW_COS.T[None, :, None, :]
+    terms = (cos_u * cos_v) * signal[None, None, :, :]
+    sums = np.cumsum(terms.reshape(_LOW_SIZE * _LOW_SIZE, -1), axis=1)[:, -1]
+    coefficients = sums * 0.25  # (SQRT[u] * SQRT[v]) / 4 with u, v >= 1
+    mean = float(np.cumsum(coefficients)[-1]) / (_LOW_SIZE * _LOW_SIZE)
+    value = 0
+    for coefficient in coefficients:
+        value = (value << 1) | int(coefficient > mean)
+    return value

@@ -1,0 +1,343 @@
+"""Header facts of an image: format, size, colour profile, density, transparency, orientation.
+
+The facts match what ``sharp(data).metadata()`` reports, because both read them through libvips
+(sharp's engine). Reading a header never decodes pixels: libvips opens images lazily, and the
+pixel limit is checked from the header alone. BMP is not a libvips format, so Pillow reads it.
+
+The pixel readers used by the pHash (``load_vips``, ``decode_with_pillow``) live here too, so that
+every libvips or Pillow failure becomes the same short, typed error.
+"""
+
+import io
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pillow_heif
+import pyvips
+from PIL import Image, UnidentifiedImageError
+
+from crawler.errors import DecodeError, NotAnImageError, PixelLimitError, UnsupportedFormatError
+
+# Extraction runs in long-lived worker processes: libvips must not keep decoded images,
+# operations or open files around between calls.
+pyvips.cache_set_max(0)
+pyvips.cache_set_max_mem(0)
+pyvips.cache_set_max_files(0)
+pillow_heif.register_heif_opener()
+
+
+def _log_glib_object_messages() -> None:
+    """Send GLib-GObject criticals to the ``pyvips`` logger, as pyvips does for libvips'.
+
+    libvips' HEIF loader sets out-of-range sizes from damaged files on GObject properties;
+    GLib would print each complaint on stderr.
+    """
+    handler = getattr(pyvips, "_log_handler_cb", None)  # pyvips keeps its one private
+    if handler is not None:
+        levels = pyvips.GLogLevelFlags.LEVEL_WARNING | pyvips.GLogLevelFlags.LEVEL_CRITICAL
+        pyvips.glib_lib.g_log_set_handler(b"GLib-GObject", levels, handler, pyvips.ffi.NULL)
+
+
+_log_glib_object_messages()
+# Every libvips failure becomes a typed error with the reason; its warnings (several per
+# broken file) would only repeat that on stderr under the CLI's WARNING-level logging.
+if logging.getLogger("pyvips").level == logging.NOTSET:
+    logging.getLogger("pyvips").setLevel(logging.ERROR)
+
+VIPS_FORMATS: Final = frozenset({"jpg", "png", "gif", "webp", "tiff", "heif", "avif"})
+
+_SIGNATURES: Final = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+)
+_UNSUPPORTED_SIGNATURES: Final = (
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"qoif", "QOI"),
+    (b"icns", "ICNS"),
+    (b"DDS ", "DDS"),
+    (b"#?RADIANCE", "Radiance HDR"),
+)
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+# "BM" alone also starts text; the size of the info header after it tells a real BMP
+_BMP_INFO_HEADER_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+_TEXT_PROBE_BYTES: Final = 1024
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+_DEFLATE_MAX_RATIO: Final = 1032
+# EXIF orientation -> the Pillow transpose that shows the image upright
+_ORIENTATION_TRANSPOSE: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_MM_PER_INCH: Final = 25.4
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded.
+
+    ``width``/``height`` are as stored (before EXIF orientation); ``density`` is in dpi, rounded
+    as sharp rounds it, ``None`` when the file states none above 25.4 dpi; ``orientation`` is the
+    EXIF orientation 1..8 (1 when absent).
+    """
+
+    format: str
+    width: int
+    height: int
+    has_color_profile: bool
+    density: int | None
+    has_transparency: bool
+    orientation: int
+
+
+def read_header(data: bytes, *, pixel_limit: int, where: str = "") -> ImageHeader:
+    """The header facts of the image in ``data``, without decoding pixels.
+
+    ``where`` (e.g. `` (photo.jpg)``) is appended to error messages. Raises NotAnImageError,
+    UnsupportedFormatError, DecodeError (unreadable header) or PixelLimitError.
+    """
+    image_format = sniff_format(data, where)
+    if image_format == "bmp":
+        header = _read_bmp_header(data, where)
+    else:
+        header = _header_from_vips(image_format, load_vips(data, image_format, where))
+    _check_pixel_limit(header.width, header.height, pixel_limit, where)
+    if image_format == "png":
+        _check_png_can_hold_its_pixels(data, header, where)
+    return header
+
+
+def sniff_format(data: bytes, where: str = "") -> str:
+    """Our format name ('jpg', 'png', ...) for ``data``, from its first bytes alone."""
+    if not data:
+        raise NotAnImageError(f"not an image: the data is empty{where}")
+    for signature, image_format in _SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_INFO_HEADER_SIZES:
+        return "bmp"
+    if data[4:8] == b"ftyp":
+        return _iso_media_format(data, where)
+    for signature, name in _UNSUPPORTED_SIGNATURES:
+        if data.startswith(signature):
+            raise UnsupportedFormatError(f"unsupported image format: {name}{where}")
+    if _looks_like_svg(data):
+        raise UnsupportedFormatError(f"unsupported image format: SVG{where}")
+    raise NotAnImageError(f"not an image: the data starts with {data[:16]!r}{where}")
+
+
+def _check_pixel_limit(width: int, height: int, pixel_limit: int, where: str = "") -> None:
+    if width * height > pixel_limit:
+        raise PixelLimitError(
+            f"image too large: {width} x {height} = {width * height} pixels,"
+            f" more than the limit of {pixel_limit}{where}"
+        )
+
+
+def _check_png_can_hold_its_pixels(data: bytes, header: ImageHeader, where: str) -> None:
+    """A damaged IHDR can claim millions of pixels in a few bytes; libvips would then spend
+    many seconds resizing rows it can never fill. Deflate packs at most 1032 bytes into one."""
+    bit_depth, colour_type = data[24], data[25]
+    channels = _PNG_CHANNELS.get(colour_type, 4)
+    row_bytes = 1 + math.ceil(header.width * channels * bit_depth / 8)
+    fewest_bytes = row_bytes * header.height // _DEFLATE_MAX_RATIO
+    if len(data) < fewest_bytes:
+        raise DecodeError(
+            f"cannot decode png pixels: {len(data)} bytes cannot hold"
+            f" {header.width} x {header.height} pixels{where}"
+        )
+
+
+def load_vips(data: bytes, image_format: str, where: str = "", **options: Any) -> pyvips.Image:
+    """A lazy libvips image of the first page of ``data``: nothing is decoded yet.
+
+    ``options`` go to the loader (e.g. ``shrink`` for JPEG, ``scale`` for WebP). Decoding
+    failures show up later, when pixels are computed: wrap that in ``vips_errors``.
+    """
+    with vips_errors(image_format, where, "header"):
+        image = _open_vips(data, options)
+        # sharp decodes a multi-image HEIF's primary image, not its first one.
+        if image_format in ("heif", "avif") and "page" not in options:
+            primary = _primary_heif_page(image)
+            if primary:
+                image = _open_vips(data, options | {"page": primary})
+    return image
+
+
+def _open_vips(data: bytes, options: dict[str, Any]) -> pyvips.Image:
+    # sharp fails on libjpeg warnings ("warning"); we still hash what decodes with warnings
+    # (sharp gives no hash there at all) and fail only on truncated or broken data.
+    return pyvips.Image.new_from_buffer(
+        data, "", access="sequential", fail_on="truncated", **options
+    )
+
+
+@contextmanager
+def vips_errors(image_format: str, where: str, stage: str) -> Iterator[None]:
+    """Turn a libvips failure inside the block into a one-line DecodeError."""
+    try:
+        yield
+    except pyvips.Error as exc:
+        raise DecodeError(
+            f"cannot decode {image_format} {stage}: {_last_line(exc)}{where}"
+        ) from None
+
+
+def decode_with_pillow(
+    data: bytes, header: ImageHeader, where: str = "", *, min_size: int = 0
+) -> Image.Image:
+    """The pixels of ``data`` decoded by Pillow (pillow-heif for HEIF), orientation applied.
+
+    For JPEG, ``min_size`` lets Pillow decode at a reduced scale (``draft``) that still keeps
+    both sides at least that long.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            picture = Image.open(io.BytesIO(data))
+            # The pixel limit was checked on the header; never decode more than it promised.
+            if picture.width * picture.height > header.width * header.height:
+                raise DecodeError(
+                    f"cannot decode {header.format} pixels: {picture.width} x {picture.height}"
+                    f" is more than the header's {header.width} x {header.height}{where}"
+                )
+            if picture.format == "JPEG" and min_size:
+                picture.draft(picture.mode, _draft_size(header, min_size))
+            picture.load()
+    except Image.DecompressionBombError as exc:
+        raise PixelLimitError(f"image too large to decode: {one_line(str(exc))}{where}") from None
+    except UnidentifiedImageError:
+        raise DecodeError(f"cannot decode {header.format} pixels: unreadable{where}") from None
+    except (OSError, EOFError, SyntaxError, ValueError, RuntimeError) as exc:
+        raise DecodeError(
+            f"cannot decode {header.format} pixels: {one_line(str(exc))}{where}"
+        ) from None
+    return _apply_orientation(picture, header.orientation)
+
+
+def _draft_size(header: ImageHeader, min_size: int) -> tuple[int, int]:
+    return (min(min_size, header.width), min(min_size, header.height))
+
+
+def _apply_orientation(picture: Image.Image, orientation: int) -> Image.Image:
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    return picture.transpose(transpose) if transpose is not None else picture
+
+
+def _header_from_vips(image_format: str, image: pyvips.Image) -> ImageHeader:
+    return ImageHeader(
+        format=image_format,
+        width=image.width,
+        height=image.height,
+        has_color_profile=image.get_typeof("icc-profile-data") != 0,
+        density=_density_dpi(image.xres),
+        has_transparency=bool(image.hasalpha()),
+        orientation=_orientation(image),
+    )
+
+
+def _read_bmp_header(data: bytes, where: str) -> ImageHeader:
+    try:
+        with Image.open(io.BytesIO(data), formats=["BMP", "DIB"]) as picture:
+            dpi = picture.info.get("dpi", (0, 0))[0]
+            return ImageHeader(
+                format="bmp",
+                width=picture.width,
+                height=picture.height,
+                has_color_profile="icc_profile" in picture.info,
+                density=_density_dpi(dpi / _MM_PER_INCH),
+                has_transparency=picture.mode in ("RGBA", "LA", "PA")
+                or "transparency" in picture.info,
+                orientation=1,
+            )
+    except Image.DecompressionBombError as exc:
+        raise PixelLimitError(f"image too large to decode: {one_line(str(exc))}{where}") from None
+    except UnidentifiedImageError:
+        raise DecodeError(f"cannot decode bmp header: truncated or corrupt{where}") from None
+    except (OSError, EOFError, SyntaxError, ValueError, RuntimeError) as exc:
+        raise DecodeError(f"cannot decode bmp header: {one_line(str(exc))}{where}") from None
+
+
+def _density_dpi(pixels_per_mm: float) -> int | None:
+    """sharp's density: dpi rounded half away from zero, only above 1 pixel per mm."""
+    if pixels_per_mm <= 1.0:
+        return None
+    return math.floor(pixels_per_mm * _MM_PER_INCH + 0.5)
+
+
+def _orientation(image: pyvips.Image) -> int:
+    if image.get_typeof("orientation") == 0:
+        return 1
+    orientation = image.get("orientation")
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _primary_heif_page(image: pyvips.Image) -> int:
+    if image.get_typeof("heif-primary") == 0 or image.get_typeof("n-pages") == 0:
+        return 0
+    return image.get("heif-primary") if image.get("n-pages") > 1 else 0
+
+
+def _iso_media_format(data: bytes, where: str) -> str:
+    box_size = int.from_bytes(data[:4], "big")
+    major_brand = data[8:12]
+    compatible = {data[i : i + 4] for i in range(16, min(box_size, len(data), 4096) - 3, 4)}
+    if major_brand in _AVIF_BRANDS:
+        return "avif"
+    if major_brand in _HEIF_BRANDS - {b"mif1", b"msf1"}:
+        return "heif"
+    if compatible & _AVIF_BRANDS:
+        return "avif"
+    if ({major_brand} | compatible) & _HEIF_BRANDS:
+        return "heif"
+    brand = major_brand.decode("latin-1").strip()
+    raise UnsupportedFormatError(f"unsupported format: ISO media of brand {brand!r}{where}")
+
+
+def _looks_like_svg(data: bytes) -> bool:
+    head = data[:_TEXT_PROBE_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head)
+
+
+def _last_line(exc: pyvips.Error) -> str:
+    """The most specific line of a libvips error: libvips stacks many lines."""
+    lines = [
+        line.strip()
+        for line in f"{exc.message}\n{exc.detail}".splitlines()
+        if line.strip() and not line.strip().startswith("unable to call")
+    ]
+    return one_line(lines[-1] if lines else "truncated or corrupt data")
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """``text`` on one line, whitespace collapsed, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
