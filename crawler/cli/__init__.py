@@ -5,10 +5,10 @@ library errors to a one-line message and an exit code. Commands live in one modu
 and are registered here.
 """
 
-from crawler.cli import extract_commands
+from crawler.cli import catalogue_commands, crawl_commands, extract_commands, serve_commands
 from crawler.cli.common import cli
 
-for module in (extract_commands,):
+for module in (extract_commands, catalogue_commands, crawl_commands, serve_commands):
     module.register(cli)
 
 

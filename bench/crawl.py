@@ -1,0 +1,311 @@
+"""Benchmark `crawler run`: images per second and peak memory on a loopback server.
+
+    .venv/bin/python bench/crawl.py [--count 2000] [--lines 1000000] [--database sqlite]
+
+1. Makes ``--count`` photo-sized JPEGs (random 8-12 megapixel crops of the corpus' camera
+   photos, EXIF kept) under bench/.data/photos/ (cached; gitignored).
+2. Measures the single-core extraction rate: ``crawler.extract.extract`` in one process
+   over bytes already in memory.
+3. Serves the photos from a separate process on 127.0.0.1 and runs `crawler run` on a
+   fresh catalogue, sampling the RSS and PSS of the crawler and all its child processes.
+4. Runs it again with a ``--lines``-line seed list: the same photos, each URL repeated with
+   different #fragments (equal after normalisation), so seeding streams a big file while
+   the crawl itself stays the same size.
+
+Targets (issue 4): with 2 cores >= 1.6x the single-core rate; peak RSS < 400 MB, also with
+the 1,000,000-line seed list. Timed targets live here, never in the test suite.
+"""
+
+import argparse
+import functools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "bench" / ".data" / "photos"
+CORPUS = REPO.parent / "shared" / "corpus" / "exif-samples" / "jpg"
+SOURCES = (
+    "hdr/iphone_hdr_NO.jpg",
+    "hdr/iphone_hdr_YES.jpg",
+    "mobile/jolla.jpg",
+    "mobile/HMD_Nokia_8.3_5G.jpg",
+    "tests/42_IndexError.jpg",
+    "tests/30-type_error.jpg",
+    "corrupted.jpg",  # decodes fine with Pillow; only its EXIF is odd
+)
+SINGLE_CORE_SAMPLE = 150
+SAMPLE_SECONDS = 0.25
+
+
+@functools.cache
+def _source(index: int) -> tuple[Any, bytes]:
+    """A decoded corpus photo and its EXIF, once per process."""
+    from PIL import Image
+
+    with Image.open(CORPUS / SOURCES[index]) as source:
+        return source.convert("RGB"), source.info.get("exif", b"")
+
+
+def make_photo(number: int) -> Path:
+    """A random 8-12 megapixel crop (or the whole photo, if smaller) of a corpus photo."""
+    target = DATA / f"{number:05d}.jpg"
+    if target.exists():
+        return target
+    rng = random.Random(number)
+    photo, exif = _source(number % len(SOURCES))
+    scale = min(1.0, (rng.uniform(8, 12) * 1e6 / (photo.width * photo.height)) ** 0.5)
+    width, height = int(photo.width * scale), int(photo.height * scale)
+    left = rng.randint(0, photo.width - width)
+    top = rng.randint(0, photo.height - height)
+    partial = target.with_suffix(".part")
+    crop = photo.crop((left, top, left + width, top + height))
+    crop.save(partial, "JPEG", quality=rng.randint(80, 92), exif=exif)
+    partial.rename(target)
+    return target
+
+
+def make_photos(count: int) -> list[Path]:
+    DATA.mkdir(parents=True, exist_ok=True)
+    missing = [number for number in range(count) if not (DATA / f"{number:05d}.jpg").exists()]
+    if missing:
+        print(f"making {len(missing)} photos under {DATA} (once) ...", flush=True)
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(make_photo, missing, chunksize=8))
+    return [DATA / f"{number:05d}.jpg" for number in range(count)]
+
+
+def single_core_rate(photos: list[Path]) -> tuple[float, float]:
+    """Images per second of ``extract`` in this one process: per wall second and per CPU
+    second (the second is what the machine's other load cannot steal)."""
+    import pyvips
+
+    from crawler.extract import extract
+
+    pyvips.concurrency_set(1)  # one core, as in bench/extract.py and in each pool process
+    sample = [path.read_bytes() for path in photos[:SINGLE_CORE_SAMPLE]]
+    extract(sample[0])  # imports and first-use costs out of the timing
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for data in sample:
+        extract(data)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return len(sample) / wall, len(sample) / cpu
+
+
+def serve(directory: str, port_file: str) -> None:
+    """Run in the server process: static files on 127.0.0.1, port written to port_file."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_static("/photos", directory)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        Path(port_file).write_text(str(runner.addresses[0][1]))
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class TreeMemory:
+    """Peak RSS and PSS (MB) of a process and all its descendants, and the CPU seconds they
+    used, sampled in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss = 0.0
+        self.peak_pss = 0.0
+        self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            pids = [self.pid, *descendants(self.pid)]
+            rss = sum(_kilobytes(f"/proc/{pid}/status", "VmRSS:") for pid in pids) / 1024
+            pss = sum(_kilobytes(f"/proc/{pid}/smaps_rollup", "Pss:") for pid in pids) / 1024
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_processes = max(self.peak_processes, len(pids))
+            for pid in pids:
+                self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
+
+    @property
+    def main_cpu_seconds(self) -> float:
+        return self._cpu.get(self.pid, 0.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def _kilobytes(path: str, key: str) -> int:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def crawl(seeds: Path, database_url: str, extra: list[str]) -> dict[str, Any]:
+    command = [
+        str(Path(sys.executable).parent / "crawler"),
+        "--db",
+        database_url,
+        "run",
+        str(seeds),
+        "--json",
+        *extra,
+    ]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with TreeMemory(process.pid) as memory:
+        output, _ = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"crawler run failed with exit code {process.returncode}")
+    summary = json.loads(output)
+    return {
+        "wall_seconds": round(wall, 1),
+        "crawl_seconds": summary["seconds"],
+        "images_per_second": summary["per_second"],
+        "ok": summary["by_status"].get("ok", 0),
+        "stored": summary["stored"],
+        "seeds_read": summary["seeds"],
+        "images_per_cpu_second": round(ok_count(summary) / memory.cpu_seconds, 2),
+        "main_process_cpu_ms_per_image": round(
+            1000 * memory.main_cpu_seconds / max(ok_count(summary), 1), 1
+        ),
+        "load_average": round(os.getloadavg()[0], 1),
+        "peak_rss_mb": round(memory.peak_rss),
+        "peak_pss_mb": round(memory.peak_pss),
+        "processes": memory.peak_processes,
+    }
+
+
+def ok_count(summary: dict[str, Any]) -> int:
+    return int(summary["by_status"].get("ok", 0))
+
+
+def fresh_database(kind: str, scratch: Path, name: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{scratch / (name + '.db')}"
+    database = f"crawler_bench_{name}_{os.getpid()}"
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{database}"', f'CREATE DATABASE "{database}"')
+    return f"postgresql://postgres@127.0.0.1:5432/{database}"
+
+
+def drop_database(database_url: str) -> None:
+    if database_url.startswith("postgresql:"):
+        database = database_url.rsplit("/", 1)[1]
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _postgres_admin(*statements: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+    admin.dispose()
+
+
+def write_seeds(path: Path, urls: list[str], lines: int) -> Path:
+    with path.open("w") as handle:
+        for line in range(lines):
+            url = urls[line % len(urls)]
+            handle.write(f"{url}#{line}\n" if line >= len(urls) else f"{url}\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="photos to crawl")
+    parser.add_argument("--lines", type=int, default=1_000_000, help="lines of the big list")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--serve", nargs=2, metavar=("DIR", "PORT_FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(*args.serve)
+        return
+
+    photos = make_photos(args.count)
+    megabytes = sum(path.stat().st_size for path in photos) / 1e6
+    print(f"{len(photos)} photos, {megabytes:.0f} MB", flush=True)
+    with tempfile.TemporaryDirectory(prefix="crawl-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        port_file = scratch / "port"
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(DATA), str(port_file)])
+        try:
+            while not port_file.exists() or not port_file.read_text():
+                time.sleep(0.05)
+            base = f"http://127.0.0.1:{port_file.read_text()}/photos/"
+            urls = [base + path.name for path in photos]
+            results: dict[str, Any] = {"cores": os.cpu_count()}
+            runs = (("seed list", len(urls)), ("big seed list", args.lines))
+            for number, (label, lines) in enumerate(runs):
+                seeds = write_seeds(scratch / f"{number}.txt", urls, lines)
+                database = fresh_database(args.database, scratch, f"run{number}")
+                # The machine's other load changes: measure the baseline right before.
+                single, single_cpu = single_core_rate(photos)
+                try:
+                    result = crawl(seeds, database, ["--per-host", "8"])
+                finally:
+                    drop_database(database)
+                result["single_core_per_second"] = round(single, 2)
+                result["single_core_per_cpu_second"] = round(single_cpu, 2)
+                result["speedup_vs_single_core"] = round(result["images_per_second"] / single, 2)
+                results[f"{label} ({lines} lines)"] = result
+                print(label, json.dumps(result), flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

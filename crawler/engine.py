@@ -1,0 +1,403 @@
+"""The crawl: seeds -> frontier (the catalogue) -> fetch workers -> extraction processes -> store.
+
+One asyncio loop runs a seeder (a thread streaming the seed list into the catalogue), a
+feeder that claims batches of pending rows, ``crawl.concurrency`` fetch workers, and a
+writer that stores results in batches. Decoding and hashing run in a process pool sized to
+the cores so they never block the loop; database work runs in threads. Every queue is
+bounded, so memory does not grow with the seed list.
+
+Every claimed URL ends as a stored row (ok, failed or skipped with a reason) or, when the
+crawl is stopped, is released unfetched for the next run. SIGINT/SIGTERM stop claiming,
+let in-flight URLs finish and be stored, and return the summary; a second signal abandons
+in-flight work and releases its claims.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crawler.catalogue import Catalogue, open_catalogue
+from crawler.config import Settings
+from crawler.errors import CrawlerError, SourceError
+from crawler.extraction_pool import extract_in_worker, pool_size, start_pool
+from crawler.fetch import Fetched, Fetcher, FetchError, UrlCheck
+from crawler.frontier import (
+    Claim,
+    SeedingReport,
+    add_seeds,
+    claim,
+    count_claimable,
+    default_worker_id,
+    mark_not_modified,
+    release,
+    release_dead_claims,
+    utc_now,
+)
+from crawler.seeds import iter_seeds
+from crawler.store import CrawlResult, store_results
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0  # longest a finished result waits in memory before it is stored
+IDLE_POLL_SECONDS = 0.2  # how often to look for work while the seeder is still adding it
+
+
+@dataclass(frozen=True)
+class CrawlOptions:
+    """How this run treats rows of earlier runs, and who it is."""
+
+    retry_failed: bool = False
+    refresh: bool = False
+    worker_id: str | None = None  # default: host:pid
+    check_url: UrlCheck | None = None
+
+
+@dataclass
+class CrawlProgress:
+    """Counts so far; ``total`` is known once every seed is in the catalogue."""
+
+    stored: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    total: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True)
+class CrawlSummary:
+    """The outcome of a run: counts by status and by reason, bytes, time and rate."""
+
+    seeds: int
+    added: int
+    requeued: int
+    by_status: dict[str, int]
+    by_reason: dict[str, int]
+    bytes: int
+    seconds: float
+    interrupted: bool
+
+    @property
+    def stored(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def rate(self) -> float:
+        """URLs stored per second."""
+        return self.stored / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": self.seeds,
+            "added": self.added,
+            "requeued": self.requeued,
+            "stored": self.stored,
+            "by_status": self.by_status,
+            "by_reason": self.by_reason,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "per_second": round(self.rate, 2),
+            "interrupted": self.interrupted,
+        }
+
+
+@dataclass(frozen=True)
+class _NotModified:
+    url: str
+
+
+ProgressCallback = Callable[[CrawlProgress], None]
+
+
+def run_crawl(
+    seeds_path: str | Path,
+    settings: Settings,
+    *,
+    options: CrawlOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> CrawlSummary:
+    """Crawl the seed list at ``seeds_path`` into the catalogue at ``settings.database.url``."""
+    if not Path(seeds_path).is_file():
+        raise SourceError(f"{seeds_path}: no such seed list")
+    crawl = _Crawl(Path(seeds_path), settings, options or CrawlOptions(), progress)
+    try:
+        return asyncio.run(crawl.run())
+    except asyncio.CancelledError:  # a second Ctrl-C: in-flight work was abandoned
+        raise KeyboardInterrupt from None
+
+
+class _Crawl:
+    def __init__(
+        self,
+        seeds_path: Path,
+        settings: Settings,
+        options: CrawlOptions,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self._seeds_path = seeds_path
+        self._settings = settings
+        self._crawl = settings.crawl
+        self._options = options
+        self._worker_id = options.worker_id or default_worker_id()
+        self._report_progress = progress or (lambda _progress: None)
+        self._progress = CrawlProgress()
+        self._by_status: Counter[str] = Counter()
+        self._by_reason: Counter[str] = Counter()
+        self._stopping = False
+        self._seeding_done = asyncio.Event()
+        self._work: asyncio.Queue[Claim | None] = asyncio.Queue(self._crawl.concurrency)
+        self._results: asyncio.Queue[CrawlResult | _NotModified | None] = asyncio.Queue(
+            self._crawl.batch_size * 2
+        )
+        self._unstarted: list[str] = []
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def run(self) -> CrawlSummary:
+        catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
+        try:
+            await asyncio.to_thread(release_dead_claims, catalogue, self._worker_id)
+            with self._signals_handled(), self._extraction_pool():
+                async with Fetcher(self._crawl, check_url=self._options.check_url) as fetcher:
+                    report = await self._pipeline(catalogue, fetcher)
+        finally:
+            await asyncio.to_thread(release, catalogue, self._worker_id)
+            catalogue.close()
+        if report.invalid:
+            self._by_status["failed"] += report.invalid
+            self._by_reason["bad_url"] += report.invalid
+        return CrawlSummary(
+            seeds=report.seeds,
+            added=report.added,
+            requeued=report.requeued,
+            by_status=dict(self._by_status),
+            by_reason=dict(self._by_reason),
+            bytes=self._progress.bytes,
+            seconds=self._progress.elapsed,
+            interrupted=self._stopping,
+        )
+
+    async def _pipeline(self, catalogue: Catalogue, fetcher: Fetcher) -> SeedingReport:
+        seeder = asyncio.create_task(self._seed(catalogue))
+        writer = asyncio.create_task(self._write(catalogue))
+        workers = [
+            asyncio.create_task(self._fetch_worker(fetcher)) for _ in range(self._crawl.concurrency)
+        ]
+        try:
+            await self._feed(catalogue)
+            await asyncio.gather(*workers)
+            await self._results.put(None)
+            await writer
+            if self._unstarted:
+                await asyncio.to_thread(release, catalogue, self._worker_id, self._unstarted)
+            return await seeder
+        finally:
+            for task in (seeder, writer, *workers):
+                task.cancel()
+
+    async def _seed(self, catalogue: Catalogue) -> SeedingReport:
+        requeue = (("failed",) if self._options.retry_failed else ()) + (
+            ("ok",) if self._options.refresh else ()
+        )
+        try:
+            report = await asyncio.to_thread(
+                add_seeds,
+                catalogue,
+                iter_seeds(self._seeds_path),
+                requeue=requeue,
+                run_started=utc_now(),
+                should_stop=lambda: self._stopping,
+            )
+        except BaseException:
+            self._stopping = True  # drain what is in flight, then report the error
+            raise
+        finally:
+            self._seeding_done.set()
+        claimable = await asyncio.to_thread(
+            count_claimable, catalogue, self._worker_id, self._crawl.claim_timeout
+        )
+        self._progress.total = self._progress.stored + claimable
+        self._report_progress(self._progress)
+        return report
+
+    async def _feed(self, catalogue: Catalogue) -> None:
+        """Claim pending rows into the work queue until there are none left, or a stop."""
+        while not self._stopping:
+            seeding_was_done = self._seeding_done.is_set()
+            room = max(1, self._work.maxsize - self._work.qsize())
+            claims = await asyncio.to_thread(
+                claim,
+                catalogue,
+                self._worker_id,
+                min(room, self._crawl.batch_size),
+                self._crawl.claim_timeout,
+            )
+            for item in claims:
+                await self._work.put(item)
+            if not claims:
+                if seeding_was_done:
+                    break
+                await asyncio.sleep(IDLE_POLL_SECONDS)
+        for _ in range(self._crawl.concurrency):
+            await self._work.put(None)
+
+    async def _fetch_worker(self, fetcher: Fetcher) -> None:
+        while (item := await self._work.get()) is not None:
+            if self._stopping:
+                self._unstarted.append(item.url)
+                continue
+            try:
+                result = await self._process(fetcher, item)
+            except Exception as exc:  # a bug must fail one URL, not the crawl
+                log.exception("crawling %s failed unexpectedly", item.url)
+                result = CrawlResult(
+                    item.url,
+                    "failed",
+                    "internal_error",
+                    f"{type(exc).__name__}: {exc}",
+                    fetched_at=utc_now(),
+                )
+            await self._results.put(result)
+
+    async def _process(self, fetcher: Fetcher, item: Claim) -> CrawlResult | _NotModified:
+        fetched_at = utc_now()
+        try:
+            fetched = await fetcher.fetch(item.url, item.validators)
+        except FetchError as exc:
+            return CrawlResult(
+                url=item.url,
+                status="skipped" if exc.skipped else "failed",
+                reason=exc.reason,
+                error=str(exc),
+                final_url=exc.final_url,
+                http_status=exc.http_status,
+                fetched_at=fetched_at,
+            )
+        except CrawlerError as exc:  # refused by check_url
+            return CrawlResult(item.url, "failed", exc.reason, str(exc), fetched_at=fetched_at)
+        if fetched.not_modified:
+            return _NotModified(item.url)
+        self._progress.bytes += len(fetched.data)
+        outcome = await self._extract(fetched)
+        return CrawlResult(
+            url=item.url,
+            status="failed" if "reason" in outcome else "ok",
+            reason=outcome.get("reason"),
+            error=outcome.get("error"),
+            final_url=fetched.final_url,
+            http_status=fetched.http_status,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            content_type=fetched.content_type,
+            sha256=outcome["sha256"],
+            fetched_at=fetched_at,
+            metadata=outcome.get("metadata"),
+            hash_algorithm=outcome.get("hash_algorithm"),
+            warnings=outcome.get("warnings", ()),
+        )
+
+    async def _extract(self, fetched: Fetched) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(
+                pool, extract_in_worker, fetched.data, fetched.url, self._settings.extract
+            )
+        except BrokenProcessPool:
+            log.error("an extraction process died on %s; starting a new pool", fetched.url)
+            if pool is self._pool and pool is not None:
+                pool.shutdown(wait=False)
+                self._pool = start_pool(pool_size(self._crawl.extract_workers))
+            return {
+                "sha256": hashlib.sha256(fetched.data).hexdigest(),
+                "reason": "extract_crashed",
+                "error": f"{fetched.url}: the extraction process died (out of memory?)",
+            }
+
+    async def _write(self, catalogue: Catalogue) -> None:
+        """Store results in batches of ``crawl.batch_size``, or after ``FLUSH_SECONDS``."""
+        pending: list[CrawlResult | _NotModified] = []
+        while True:
+            try:
+                timeout = FLUSH_SECONDS if pending else None
+                item = await asyncio.wait_for(self._results.get(), timeout)
+            except TimeoutError:
+                pending = await self._flush(catalogue, pending)
+                continue
+            if item is None:
+                await self._flush(catalogue, pending)
+                return
+            pending.append(item)
+            if len(pending) >= self._crawl.batch_size:
+                pending = await self._flush(catalogue, pending)
+
+    async def _flush(
+        self, catalogue: Catalogue, pending: list[CrawlResult | _NotModified]
+    ) -> list[CrawlResult | _NotModified]:
+        results = [item for item in pending if isinstance(item, CrawlResult)]
+        unchanged = [item.url for item in pending if isinstance(item, _NotModified)]
+        if results:
+            await asyncio.to_thread(store_results, catalogue, results)
+        if unchanged:
+            await asyncio.to_thread(mark_not_modified, catalogue, unchanged, utc_now())
+        for result in results:
+            self._count(result.status, result.reason)
+        for _ in unchanged:
+            self._count("ok", "not_modified")
+        if pending:
+            self._report_progress(self._progress)
+        return []
+
+    def _count(self, status: str, reason: str | None) -> None:
+        self._by_status[status] += 1
+        if reason:
+            self._by_reason[reason] += 1
+        self._progress.stored += 1
+        setattr(self._progress, status, getattr(self._progress, status) + 1)
+
+    @contextlib.contextmanager
+    def _extraction_pool(self) -> Iterator[None]:
+        self._pool = start_pool(pool_size(self._crawl.extract_workers))
+        try:
+            yield
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+
+        def stop() -> None:
+            if self._stopping and main is not None:
+                log.warning("abandoning the URLs in flight")
+                main.cancel()
+                return
+            log.warning("stopping: finishing the URLs in flight (signal again to abandon them)")
+            self._stopping = True
+
+        # Signal handlers can only be set from the main thread; elsewhere the caller stops us.
+        handled = stop_signals if threading.current_thread() is threading.main_thread() else ()
+        for number in handled:
+            loop.add_signal_handler(number, stop)
+        try:
+            yield
+        finally:
+            for number in handled:
+                loop.remove_signal_handler(number)

@@ -1,0 +1,518 @@
+"""Fetching image bytes politely: one shared aiohttp session, bounded in every direction.
+
+Redirects are followed by hand so that every hop passes ``check_url`` (the HTTP API plugs its
+address policy in there) and robots.txt. Bodies are streamed and abandoned as soon as they
+pass ``crawl.max_size`` or their first bytes are not an image. Connection errors, timeouts and
+408/429/500/502/503/504 are retried with exponential backoff and full jitter; 429 and 503
+honour Retry-After up to ``crawl.retries.retry_after_max``.
+
+robots.txt (RFC 9309): a 4xx answer means no rules (allow all); a 5xx answer or an
+unreachable server means "complete disallow", reported as a *failed* fetch with reason
+``robots_unavailable`` so that ``--retry-failed`` tries again later, unlike a real
+disallow, which is *skipped* with reason ``robots``.
+"""
+
+import asyncio
+import dataclasses
+import email.utils
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiofiles
+import aiohttp
+from aiohttp import hdrs
+from aiohttp.abc import AbstractResolver
+from protego import Protego
+from yarl import URL
+
+from crawler.config import CrawlSettings
+from crawler.errors import CrawlerError
+from crawler.seeds import local_path
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+SNIFF_SIZE = 16  # enough bytes for every signature in image_signature()
+ROBOTS_CACHE_HOSTS = 10_000
+ROBOTS_MAX_SIZE = 500 * 1024  # RFC 9309: parse at least 500 KiB
+ROBOTS_REDIRECTS = 5  # RFC 9309: follow at least five
+DNS_CACHE_SECONDS = 300
+
+UrlCheck = Callable[[URL], Awaitable[None]]
+
+
+class FetchError(CrawlerError):
+    """A URL could not be fetched; ``reason`` is the short machine reason stored with the row."""
+
+    status = 502
+
+    def __init__(
+        self,
+        message: str,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        final_url: str | None = None,
+        skipped: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.http_status = http_status
+        self.final_url = final_url
+        self.skipped = skipped
+        self.retry_after = retry_after
+        if status is not None:
+            self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in ("timeout", "connection_error") or self.http_status in RETRY_STATUSES
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a stored copy was served with, for a conditional request."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers[hdrs.IF_NONE_MATCH] = self.etag
+        if self.last_modified:
+            headers[hdrs.IF_MODIFIED_SINCE] = self.last_modified
+        return headers
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A successful fetch: the image bytes, or ``not_modified`` with no bytes after a 304."""
+
+    url: str
+    final_url: str
+    data: bytes
+    http_status: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    not_modified: bool = False
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    location: URL
+
+
+def image_signature(head: bytes) -> str | None:
+    """The image format the first bytes announce (magic numbers), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[4:8] == b"ftyp":
+        return "avif" if head[8:12] in (b"avif", b"avis") else "heif"
+    return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class _HostGate:
+    """Per-host concurrency limit and minimum delay between request starts."""
+
+    def __init__(self, limit: int, delay: float) -> None:
+        self._limit = limit
+        self._delay = delay
+        self._slots: dict[str, tuple[asyncio.Semaphore, list[float]]] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        semaphore, last_start = self._slots.setdefault(
+            host, (asyncio.Semaphore(self._limit), [0.0])
+        )
+        self._users[host] = self._users.get(host, 0) + 1
+        try:
+            async with semaphore:
+                await self._wait_turn(last_start)
+                yield
+        finally:
+            self._users[host] -= 1
+            if not self._users[host] and time.monotonic() - last_start[0] >= self._delay:
+                # Forget idle hosts so that a crawl over millions of hosts stays small.
+                del self._users[host], self._slots[host]
+
+    async def _wait_turn(self, last_start: list[float]) -> None:
+        if self._delay:
+            wait = last_start[0] + self._delay - time.monotonic()
+            last_start[0] = time.monotonic() + max(wait, 0.0)
+            if wait > 0:
+                await asyncio.sleep(wait)
+        else:
+            last_start[0] = time.monotonic()
+
+
+RobotsRules = Protego | FetchError | None  # parsed rules, the error to report, or allow all
+
+
+class _Robots:
+    """robots.txt per scheme and host, fetched once and kept for the most recent hosts."""
+
+    def __init__(self, fetch_text: Callable[[URL], Awaitable[tuple[int, str]]], agent: str) -> None:
+        self._fetch_text = fetch_text
+        self._agent = agent
+        self._rules: OrderedDict[str, RobotsRules] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[RobotsRules]] = {}
+
+    async def check(self, url: URL) -> None:
+        rules = await self._rules_for(url)
+        if isinstance(rules, FetchError):
+            raise rules
+        if rules is not None and not rules.can_fetch(str(url), self._agent):
+            raise FetchError(f"{url}: disallowed by robots.txt", "robots", skipped=True, status=403)
+
+    async def _rules_for(self, url: URL) -> RobotsRules:
+        origin = str(url.origin())
+        if origin in self._rules:
+            self._rules.move_to_end(origin)
+            return self._rules[origin]
+        if origin in self._pending:
+            return await asyncio.shield(self._pending[origin])
+        future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
+        self._pending[origin] = future
+        try:
+            rules = await self._load(url.origin())
+            future.set_result(rules)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it from their own await
+            raise
+        finally:
+            del self._pending[origin]
+        self._rules[origin] = rules
+        if len(self._rules) > ROBOTS_CACHE_HOSTS:
+            self._rules.popitem(last=False)
+        return rules
+
+    async def _load(self, origin: URL) -> RobotsRules:
+        robots_url = origin / "robots.txt"
+        try:
+            status, text = await self._fetch_text(robots_url)
+        except FetchError as exc:
+            if exc.http_status is not None and 400 <= exc.http_status < 500:
+                return None
+            return FetchError(
+                f"{robots_url}: unavailable ({exc}); RFC 9309 says to fetch nothing",
+                "robots_unavailable",
+            )
+        if 200 <= status < 300:
+            return Protego.parse(text)
+        return None
+
+
+class Fetcher:
+    """Fetches images over one shared aiohttp session (and local files with aiofiles).
+
+    ``check_url`` is awaited with every URL before it is requested, redirect hops included;
+    it raises to refuse one. ``resolver`` replaces aiohttp's DNS resolver (to pin checked
+    addresses). Use as an async context manager.
+    """
+
+    def __init__(
+        self,
+        settings: CrawlSettings,
+        *,
+        check_url: UrlCheck | None = None,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._check_url = check_url
+        self._resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._hosts = _HostGate(settings.per_host_concurrency, settings.per_host_delay)
+        self._robots = _Robots(self._fetch_robots_text, settings.user_agent)
+        timeouts = settings.timeouts
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.concurrency,
+            limit_per_host=self._settings.per_host_concurrency,
+            ttl_dns_cache=DNS_CACHE_SECONDS,
+            resolver=self._resolver,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={hdrs.USER_AGENT: self._settings.user_agent},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, url: str, validators: Validators | None = None) -> Fetched:
+        """The bytes at ``url`` (a normalised ``http(s)://`` or ``file://`` URL).
+
+        Raises ``FetchError`` with the reason of the final failure after retries.
+        """
+        path = local_path(url)
+        if path is not None:
+            data = await self._read_local(url, path)
+            return Fetched(url=url, final_url=url, data=data)
+        return await self._fetch_web(url, validators or Validators())
+
+    async def _read_local(self, url: str, path: Path) -> bytes:
+        limit = self._settings.max_size
+        try:
+            async with aiofiles.open(path, "rb") as handle:
+                data = await handle.read(limit + 1)
+        except FileNotFoundError:
+            raise FetchError(f"{url}: no such file", "not_found", status=404) from None
+        except IsADirectoryError:
+            raise FetchError(f"{url}: is a directory", "not_a_file", status=400) from None
+        except OSError as exc:
+            raise FetchError(f"{url}: cannot read: {exc.strerror or exc}", "unreadable") from None
+        if len(data) > limit:
+            raise _too_large(url, limit)
+        _require_image(url, data)
+        return data
+
+    async def _fetch_web(self, url: str, validators: Validators) -> Fetched:
+        seen: set[URL] = set()
+        current = URL(url, encoded=True)
+        for _ in range(self._settings.max_redirects + 1):
+            seen.add(current)
+            await self._admit(current)
+            outcome = await self._with_retries(current, validators)
+            if isinstance(outcome, Fetched):
+                return dataclasses.replace(outcome, url=url)
+            if outcome.location in seen:
+                raise FetchError(
+                    f"{url}: redirect loop at {outcome.location}",
+                    "redirect_loop",
+                    final_url=str(outcome.location),
+                )
+            current = outcome.location
+        raise FetchError(
+            f"{url}: more than {self._settings.max_redirects} redirects (crawl.max_redirects)",
+            "too_many_redirects",
+            final_url=str(current),
+        )
+
+    async def _admit(self, url: URL) -> None:
+        if url.scheme not in ("http", "https"):
+            raise FetchError(f"{url}: redirect to unsupported scheme", "bad_url", status=400)
+        if self._check_url is not None:
+            await self._check_url(url)
+        if self._settings.robots:
+            await self._robots.check(url)
+
+    async def _with_retries(self, url: URL, validators: Validators) -> Fetched | _Redirect:
+        retries = self._settings.retries
+        for attempt in range(retries.attempts):
+            try:
+                return await self._request(url, validators)
+            except FetchError as exc:
+                if not exc.retryable or attempt == retries.attempts - 1:
+                    raise
+                delay = backoff_delay(attempt, retries.backoff_base, retries.backoff_max)
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, retries.retry_after_max)
+                log.info("retrying %s in %.2fs after %s", url, delay, exc.reason)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: attempts >= 1 is validated")  # pragma: no cover
+
+    async def _request(self, url: URL, validators: Validators) -> Fetched | _Redirect:
+        session = self._require_session()
+        try:
+            async with (
+                self._hosts.slot(url.host or ""),
+                session.get(url, headers=validators.headers(), allow_redirects=False) as response,
+            ):
+                return await self._handle(url, response, validators)
+        except TimeoutError:
+            raise FetchError(f"{url}: timed out", "timeout", status=504) from None
+        except aiohttp.ClientError as exc:
+            raise FetchError(
+                f"{url}: connection failed: {exc or type(exc).__name__}", "connection_error"
+            ) from None
+
+    async def _handle(
+        self, url: URL, response: aiohttp.ClientResponse, validators: Validators
+    ) -> Fetched | _Redirect:
+        status = response.status
+        if status in REDIRECT_STATUSES and hdrs.LOCATION in response.headers:
+            location = response.headers[hdrs.LOCATION]
+            try:
+                return _Redirect(url.join(URL(location)))
+            except ValueError:
+                raise FetchError(
+                    f"{url}: redirect to an invalid URL {location!r}",
+                    "bad_redirect",
+                    http_status=status,
+                    final_url=str(url),
+                ) from None
+        not_modified = status == 304 and bool(validators.etag or validators.last_modified)
+        if not (not_modified or 200 <= status < 300):
+            retry_after = None
+            if status in RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(response.headers.get(hdrs.RETRY_AFTER))
+            raise FetchError(
+                f"{url}: HTTP {status}",
+                f"http_{status}",
+                http_status=status,
+                final_url=str(url),
+                retry_after=retry_after,
+            )
+        return Fetched(
+            url=str(url),
+            final_url=str(url),
+            data=b"" if not_modified else await self._read_body(url, response),
+            http_status=status,
+            etag=response.headers.get(hdrs.ETAG),
+            last_modified=response.headers.get(hdrs.LAST_MODIFIED),
+            content_type=response.headers.get(hdrs.CONTENT_TYPE),
+            not_modified=not_modified,
+        )
+
+    async def _read_body(self, url: URL, response: aiohttp.ClientResponse) -> bytes:
+        """The body, refused as soon as its length or its first bytes disqualify it."""
+        limit = self._settings.max_size
+        declared = response.content_length
+        if declared is not None and declared > limit:
+            raise _too_large(str(url), limit, response.status)
+        head = await _read_head(response)
+        try:
+            _require_image(str(url), head, response.content_type)
+        except FetchError as exc:
+            exc.http_status = response.status
+            response.close()  # do not download the rest
+            raise
+        if declared is not None:
+            # aiohttp stops at Content-Length; reading it whole is cheaper than by chunks.
+            return head + await response.content.read()
+        body = bytearray(head)
+        while len(body) <= limit and (chunk := await response.content.readany()):
+            body += chunk
+        if len(body) > limit:
+            response.close()  # abandon the rest of the download
+            raise _too_large(str(url), limit, response.status)
+        return bytes(body)
+
+    async def _fetch_robots_text(self, url: URL) -> tuple[int, str]:
+        """robots.txt, following up to ``ROBOTS_REDIRECTS`` redirects by hand, each hop
+        through ``check_url`` like any other request."""
+        for _ in range(ROBOTS_REDIRECTS + 1):
+            if self._check_url is not None:
+                await self._check_url(url)
+            status, location, text = await self._get_robots_hop(url)
+            if location is None:
+                return status, text
+            url = location
+        raise FetchError(f"{url}: too many redirects for robots.txt", "too_many_redirects")
+
+    async def _get_robots_hop(self, url: URL) -> tuple[int, URL | None, str]:
+        session = self._require_session()
+        try:
+            async with session.get(url, allow_redirects=False) as response:
+                if response.status in REDIRECT_STATUSES and hdrs.LOCATION in response.headers:
+                    return response.status, url.join(URL(response.headers[hdrs.LOCATION])), ""
+                if response.status >= 400:
+                    raise FetchError(
+                        f"{url}: HTTP {response.status}",
+                        f"http_{response.status}",
+                        http_status=response.status,
+                    )
+                raw = bytearray()
+                while len(raw) < ROBOTS_MAX_SIZE and (chunk := await response.content.readany()):
+                    raw += chunk
+                text = raw[:ROBOTS_MAX_SIZE].decode("utf-8", errors="replace")
+                return response.status, None, text
+        except TimeoutError:
+            raise FetchError(f"{url}: timed out", "timeout") from None
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a bad Location
+            raise FetchError(f"{url}: {exc or type(exc).__name__}", "connection_error") from None
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Fetcher used outside 'async with'")
+        return self._session
+
+
+def _too_large(url: str, limit: int, http_status: int | None = None) -> FetchError:
+    return FetchError(
+        f"{url}: larger than {limit} bytes (crawl.max_size)",
+        "too_large",
+        http_status=http_status,
+        status=413,
+    )
+
+
+async def _read_head(response: aiohttp.ClientResponse) -> bytes:
+    """At least the first ``SNIFF_SIZE`` bytes of the body (all of it if it is shorter)."""
+    head = b""
+    while len(head) < SNIFF_SIZE and (chunk := await response.content.readany()):
+        head += chunk
+    return head
+
+
+def _require_image(url: str, data: bytes, content_type: str | None = None) -> None:
+    if image_signature(data[:SNIFF_SIZE]) is None:
+        served_as = f" (served as {content_type})" if content_type else ""
+        raise FetchError(
+            f"{url}: the bytes are not an image{served_as}", "not_an_image", status=415
+        )

@@ -1,0 +1,129 @@
+"""Seed lists: one URL or local path per line, streamed, normalised.
+
+A line is an ``http``/``https``/``file`` URL or a plain path (relative paths are relative to
+the working directory); a directory stands for every image file under it, recursively. Blank
+lines and ``#`` comments are skipped. Reading is a generator over the file, so a ten-million
+line list needs no more memory than a short one; duplicates are removed later by the
+catalogue's unique key on the normalised URL, not by remembering every line here.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from yarl import URL
+
+from crawler.errors import SourceError
+
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".bmp",
+    }
+)
+WEB_SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+class SeedError(SourceError):
+    """A seed line that is neither a usable URL nor a path."""
+
+    reason = "bad_url"
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One unit of work: a normalised URL, or the raw line and why it cannot be crawled."""
+
+    url: str
+    problem: str | None = None
+
+
+def normalise_url(text: str) -> str:
+    """The canonical form of a seed, the catalogue's key for it.
+
+    Web URLs: lower-case scheme and host, no default port, no fragment, ``/`` for an empty
+    path, percent-encoding made uniform. Files (``file://`` or a plain path): an absolute
+    ``file://`` URL of the resolved path. Raises ``SeedError`` for anything else.
+    """
+    text = text.strip()
+    if not text:
+        raise SeedError("empty seed")
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return _path_url(Path(text).expanduser())
+    name = scheme.group(1).lower()
+    if name == "file":
+        return _path_url(Path(URL(text).path))
+    if name not in WEB_SCHEMES:
+        raise SeedError(f"{text}: unsupported scheme {name!r} (use http, https, file or a path)")
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise SeedError(f"{text}: not a valid URL ({exc})") from None
+    if not url.host:
+        raise SeedError(f"{text}: URL has no host")
+    canonical = URL.build(
+        scheme=url.scheme,
+        authority=url.raw_authority,
+        path=url.raw_path or "/",
+        query_string=url.raw_query_string,
+        encoded=True,
+    )
+    return str(canonical)
+
+
+def _path_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def local_path(url: str) -> Path | None:
+    """The file a normalised ``file://`` URL names, or None for a web URL."""
+    return Path(URL(url).path) if url.startswith("file:") else None
+
+
+def iter_seeds(seeds_path: str | Path) -> Iterator[Seed]:
+    """Every seed of the list at ``seeds_path``, in file order, streamed line by line."""
+    try:
+        with Path(seeds_path).open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    yield from _expand(text)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise SourceError(f"{seeds_path}: cannot read the seed list: {reason}") from None
+
+
+def _expand(text: str) -> Iterator[Seed]:
+    try:
+        url = normalise_url(text)
+    except SeedError as exc:
+        yield Seed(text, problem=str(exc))
+        return
+    path = local_path(url)
+    if path is not None and path.is_dir():
+        yield from (Seed(_path_url(file)) for file in _image_files(path))
+    else:
+        yield Seed(url)
+
+
+def _image_files(directory: Path) -> Iterator[Path]:
+    """Image files under ``directory``, recursively, in a stable order."""
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name

@@ -1,0 +1,535 @@
+"""The Metadata API over HTTP: ImageKit's two metadata endpoints, similarity search and a page
+of near-duplicate groups, served from the catalogue with aiohttp.web.
+
+``create_app(settings)`` builds the application; ``run_server(settings)`` listens. Every error
+is JSON ``{"message": ..., "help": ...}`` with its HTTP status. URLs are fetched with the
+crawler's fetcher under the address policy of ``crawler.netpolicy`` (on every redirect hop, and
+through a resolver that returns only checked addresses).
+"""
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import functools
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from crawler.catalogue import Catalogue, open_catalogue
+from crawler.config import ServeSettings, Settings
+from crawler.errors import ConfigError, CrawlerError
+from crawler.extract import Extraction, extract, phash
+from crawler.fetch import Fetched, Fetcher
+from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
+from crawler.output import to_json
+from crawler.query import DuplicateGroup, ImageNotFoundError, duplicates, show, similar
+from crawler.seeds import SeedError, normalise_url
+from crawler.store import CrawlResult, store_results
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+OPENAPI_PATH = STATIC_DIR / "openapi.json"
+MAX_LIMIT = 1000
+DEFAULT_SIMILAR_LIMIT = 100
+DEFAULT_GROUPS_LIMIT = 100
+DEFAULT_MAX_DISTANCE = 10
+# Grouping takes seconds on 20,000 images at radius 10 and grows steeply with the radius.
+MAX_DUPLICATE_DISTANCE = 16
+DUPLICATES_TTL_SECONDS = 60.0
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HELP = {
+    400: "Check the query parameters against /openapi.json.",
+    401: "Send your private API key as the HTTP Basic user name, with an empty password.",
+    404: "Check the image id (`crawler export` lists them) or the path (see /openapi.json).",
+    405: "Every endpoint of this API answers GET only.",
+    413: "The image is larger than crawl.max_size bytes or extract.pixel_limit pixels.",
+    415: "The URL must point to a JPEG, PNG, GIF, WebP, TIFF, HEIF, AVIF or BMP image.",
+    422: "The image's bytes could not be decoded; open the URL in an image viewer to check it.",
+    429: "Too many requests for this key: wait Retry-After seconds (serve.rate_limit_per_minute).",
+    502: "The image's server failed or refused; check the URL in a browser.",
+    504: "The image's server did not answer within crawl.timeouts.",
+}
+HELP_BY_REASON = {
+    "forbidden_address": "The server does not fetch from loopback, private, link-local, "
+    "multicast or reserved addresses; serve.allow_hosts exempts trusted hosts.",
+    "bad_url": "Give an absolute http or https URL, percent-encoded in the query string.",
+}
+DEFAULT_HELP = "See /openapi.json for the API's endpoints and parameters."
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# The page shows the catalogue's images from their own hosts; everything else is ours.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src http: https: data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class ApiError(CrawlerError):
+    """An error of the HTTP layer itself, with extra response headers."""
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class BadParameterError(ApiError):
+    status = 400
+    reason = "bad_parameter"
+
+
+class UnauthorizedError(ApiError):
+    status = 401
+    reason = "unauthorized"
+
+
+class NotFoundError(ApiError):
+    status = 404
+    reason = "not_found"
+
+
+class RateLimitedError(ApiError):
+    status = 429
+    reason = "rate_limited"
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests a minute, in bursts of that many."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(per_minute)
+        self._per_second = per_minute / 60
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def wait_needed(self, client: str) -> float:
+        """Take one request from ``client``'s bucket: 0 if it may go now, else the seconds
+        until it may."""
+        now = self._clock()
+        tokens, since = self._buckets.get(client, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - since) * self._per_second)
+        if tokens >= 1:
+            self._buckets[client] = (tokens - 1, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1 - tokens) / self._per_second
+
+
+class DuplicatesCache:
+    """The duplicate groups per radius, computed once for every caller that asks meanwhile and
+    then kept ``ttl`` seconds, because grouping a large catalogue takes seconds to minutes."""
+
+    def __init__(
+        self,
+        compute: Callable[[int], Awaitable[list[DuplicateGroup]]],
+        ttl: float = DUPLICATES_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._compute = compute
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[int, tuple[float, asyncio.Task[list[DuplicateGroup]]]] = {}
+
+    async def groups(self, max_distance: int) -> list[DuplicateGroup]:
+        entry = self._entries.get(max_distance)
+        if entry is None or (entry[1].done() and self._clock() - entry[0] > self._ttl):
+            entry = (self._clock(), asyncio.ensure_future(self._compute(max_distance)))
+            self._entries[max_distance] = entry
+        try:
+            return await asyncio.shield(entry[1])
+        except Exception:
+            if self._entries.get(max_distance) is entry:
+                del self._entries[max_distance]  # let the next caller try again
+            raise
+
+    def invalidate(self) -> None:
+        """Forget finished results (the catalogue changed); running ones still complete."""
+        self._entries = {key: e for key, e in self._entries.items() if not e[1].done()}
+
+
+class UpstreamFetcher:
+    """The crawler's fetcher (same limits, timeouts and retries) behind the address policy,
+    with at most ``serve.max_upstream_fetches`` fetches and extractions at a time."""
+
+    def __init__(
+        self, settings: Settings, policy: AddressPolicy, resolver: AbstractResolver
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        # robots.txt is for crawlers; this fetches the one URL a client asked for, as a
+        # browser would.
+        crawl = dataclasses.replace(settings.crawl, robots=False)
+        self._fetcher = Fetcher(crawl, check_url=self._check_hop, resolver=resolver)
+        self._slots = asyncio.Semaphore(settings.serve.max_upstream_fetches)
+
+    async def __aenter__(self) -> Self:
+        await self._fetcher.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._fetcher.close()
+
+    async def _check_hop(self, url: URL) -> None:
+        self._policy.check_url(url)
+
+    async def extract_url(self, text: str) -> tuple[Fetched, Extraction]:
+        """Fetch the image at ``text`` (an http or https URL) and extract its metadata."""
+        # Checked before normalising, which would resolve a plain path on the disk.
+        self._policy.check_url(parse_url(text))
+        try:
+            url = normalise_url(text)
+        except SeedError as exc:
+            raise BadURLError(str(exc)) from None
+        async with self._slots:
+            fetched = await self._fetcher.fetch(url)
+            extraction = await asyncio.to_thread(extract, fetched.data, url, self._settings.extract)
+        return fetched, extraction
+
+
+def store_fetched(catalogue: Catalogue, fetched: Fetched, extraction: Extraction) -> None:
+    """Catalogue one image fetched through the API, as a crawl would have."""
+    result = CrawlResult(
+        url=fetched.url,
+        status="ok",
+        final_url=fetched.final_url,
+        http_status=fetched.http_status,
+        etag=fetched.etag,
+        last_modified=fetched.last_modified,
+        content_type=fetched.content_type,
+        sha256=hashlib.sha256(fetched.data).hexdigest(),
+        fetched_at=datetime.now(UTC),
+        metadata=extraction.metadata,
+        hash_algorithm=extraction.hash_algorithm,
+        warnings=tuple(extraction.warnings),
+    )
+    store_results(catalogue, [result])
+
+
+@dataclass
+class Services:
+    """What the handlers share, opened when the server starts and closed when it stops."""
+
+    settings: Settings
+    catalogue: Catalogue
+    upstream: UpstreamFetcher
+    limiter: RateLimiter
+    duplicates: DuplicatesCache
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def create_app(settings: Settings, *, resolver: AbstractResolver | None = None) -> web.Application:
+    """The API application. ``resolver`` replaces the system's DNS (tests use a fixed table);
+    the address policy filters its answers either way."""
+    policy = AddressPolicy(settings.serve.allow_hosts)
+    app = web.Application(middlewares=[_error_middleware, _auth_and_rate_middleware])
+    app.cleanup_ctx.append(_services_context(settings, policy, resolver))
+    app.router.add_get("/", _index_page)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/v1/metadata", _metadata_from_url)
+    app.router.add_get("/v1/files/{id}/metadata", _stored_metadata)
+    app.router.add_get("/v1/similar", _similar)
+    app.router.add_get("/v1/phash-distance", _phash_distance)
+    app.router.add_get("/v1/duplicates", _duplicates)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.on_response_prepare.append(_add_security_headers)
+    return app
+
+
+def _services_context(
+    settings: Settings, policy: AddressPolicy, resolver: AbstractResolver | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        catalogue = await asyncio.to_thread(open_catalogue, settings.database.url)
+        pinned = PolicyResolver(policy, resolver)  # needs the running loop
+        try:
+            async with UpstreamFetcher(settings, policy, pinned) as upstream:
+                limiter = RateLimiter(settings.serve.rate_limit_per_minute)
+                grouping = functools.partial(asyncio.to_thread, duplicates, catalogue)
+                groups = DuplicatesCache(grouping)
+                app[SERVICES] = Services(settings, catalogue, upstream, limiter, groups)
+                yield
+        finally:
+            await pinned.close()
+            await asyncio.to_thread(catalogue.close)
+
+    return services
+
+
+def check_listen_address(serve: ServeSettings) -> None:
+    """Refuse to listen beyond loopback without API keys: an open API that fetches URLs is a
+    proxy into the network for anyone who can reach it."""
+    if serve.api_keys or _is_loopback(serve.host):
+        return
+    raise ConfigError(
+        f"serve.host: refusing to listen on {serve.host} without serve.api_keys; "
+        "set API keys or listen on 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(settings: Settings) -> None:
+    """Serve the API on ``serve.host``:``serve.port`` until interrupted."""
+    check_listen_address(settings.serve)
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.serve.host,
+            port=settings.serve.port,
+            print=None,
+            access_log=log,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"serve.host, serve.port: cannot listen on {settings.serve.host}:"
+            f"{settings.serve.port}: {exc.strerror or exc}"
+        ) from None
+
+
+# Middleware
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, reason: str = ""
+) -> web.Response:
+    """The API's JSON error body, ImageKit style."""
+    help_text = HELP_BY_REASON.get(reason) or HELP.get(status, DEFAULT_HELP)
+    body = {"message": message, "help": help_text}
+    return web.json_response(body, status=status, headers=headers, dumps=to_json)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CrawlerError as exc:
+        return error_response(exc.status, str(exc), getattr(exc, "headers", None), exc.reason)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, _allow_header(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error on %s", request.rel_url)
+        return error_response(500, "internal error; the server log has the details")
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get(hdrs.ALLOW)
+    return {hdrs.ALLOW: allow} if allow else None
+
+
+@web.middleware
+async def _auth_and_rate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    services = request.app[SERVICES]
+    client = _authenticated_client(request, services.settings.serve.api_keys)
+    wait = services.limiter.wait_needed(client)
+    if wait > 0:
+        seconds = max(1, round(wait + 0.5))
+        raise RateLimitedError(
+            f"rate limit of {services.settings.serve.rate_limit_per_minute} requests a minute "
+            f"reached; retry in {seconds} s",
+            {hdrs.RETRY_AFTER: str(seconds)},
+        )
+    return await handler(request)
+
+
+def _authenticated_client(request: web.Request, api_keys: tuple[str, ...]) -> str:
+    """Who is asking: the API key's position among the keys, or the peer address without keys."""
+    if not api_keys:
+        return f"address {request.remote}"
+    challenge = {hdrs.WWW_AUTHENTICATE: 'Basic realm="crawler", charset="UTF-8"'}
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is None:
+        raise UnauthorizedError("an API key is required", challenge)
+    login = _basic_auth_login(header)
+    if login is None:
+        raise UnauthorizedError("the Authorization header is not HTTP Basic", challenge)
+    # Compare with every key in constant time, so timing tells nothing about a key's prefix.
+    matches = [hmac.compare_digest(login.encode(), key.encode()) for key in api_keys]
+    if not any(matches):
+        raise UnauthorizedError("unknown API key", challenge)
+    return f"key {matches.index(True)}"
+
+
+def _basic_auth_login(header: str) -> str | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    login, colon, _ = decoded.partition(":")
+    return login if colon else None
+
+
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    if response.content_type == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+
+
+# Parameters
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if value is None or not value.strip():
+        raise BadParameterError(f"parameter {name} is required")
+    return value.strip()
+
+
+def _int_param(request: web.Request, name: str, default: int, lowest: int, highest: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadParameterError(f"parameter {name}: expected an integer, got {text!r}") from None
+    if not lowest <= value <= highest:
+        raise BadParameterError(f"parameter {name}: expected {lowest}..{highest}, got {value}")
+    return value
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    text = request.query.get(name, "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise BadParameterError(f"parameter {name}: expected true or false, got {text!r}")
+    return text in ("true", "1")
+
+
+def _hash_param(request: web.Request, name: str) -> str:
+    text = _required(request, name)
+    return phash.to_hex(phash.parse_hex(text))
+
+
+def _json(value: Any) -> web.Response:
+    return web.json_response(value, dumps=to_json)
+
+
+# Handlers
+
+
+async def _metadata_from_url(request: web.Request) -> web.Response:
+    """``GET /v1/metadata?url=URL[&store=true]``: fetch, extract, optionally catalogue."""
+    url = _required(request, "url")
+    store = _bool_param(request, "store")
+    services = request.app[SERVICES]
+    fetched, extraction = await services.upstream.extract_url(url)
+    if store:
+        await asyncio.to_thread(store_fetched, services.catalogue, fetched, extraction)
+        services.duplicates.invalidate()
+    return _json(extraction.metadata)
+
+
+async def _stored_metadata(request: web.Request) -> web.Response:
+    """``GET /v1/files/{id}/metadata``: the stored object of a catalogued image."""
+    text = request.match_info["id"]
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise NotFoundError(f"no image with id {text!r}: ids are positive integers")
+    services = request.app[SERVICES]
+    try:
+        metadata = await asyncio.to_thread(show, services.catalogue, int(text))
+    except ImageNotFoundError as exc:
+        # Clients need not know where the catalogue lives.
+        raise NotFoundError(str(exc).replace(f" at {services.catalogue.url}", "")) from None
+    return _json(metadata)
+
+
+async def _similar(request: web.Request) -> web.Response:
+    """``GET /v1/similar?phash=HEX&max_distance=N&limit=K``: nearest first."""
+    hash_hex = _hash_param(request, "phash")
+    max_distance = _int_param(request, "max_distance", DEFAULT_MAX_DISTANCE, 0, 64)
+    limit = _int_param(request, "limit", DEFAULT_SIMILAR_LIMIT, 1, MAX_LIMIT)
+    services = request.app[SERVICES]
+    rows = await asyncio.to_thread(similar, services.catalogue, hash_hex, max_distance, limit)
+    results = [
+        {
+            "id": row.id,
+            "url": row.url,
+            "pHash": row.phash,
+            "distance": row.distance,
+            "similarity": row.similarity,
+        }
+        for row in rows
+    ]
+    return _json({"pHash": hash_hex, "max_distance": max_distance, "results": results})
+
+
+async def _phash_distance(request: web.Request) -> web.Response:
+    """``GET /v1/phash-distance?a=HEX&b=HEX``."""
+    a, b = _hash_param(request, "a"), _hash_param(request, "b")
+    distance = phash.distance(a, b)
+    return _json({"a": a, "b": b, "distance": distance, "similarity": phash.similarity(a, b)})
+
+
+async def _duplicates(request: web.Request) -> web.Response:
+    """``GET /v1/duplicates?max_distance=N&limit=K``: the groups the page shows."""
+    max_distance = _int_param(
+        request, "max_distance", DEFAULT_MAX_DISTANCE, 0, MAX_DUPLICATE_DISTANCE
+    )
+    limit = _int_param(request, "limit", DEFAULT_GROUPS_LIMIT, 1, MAX_LIMIT)
+    groups = await request.app[SERVICES].duplicates.groups(max_distance)
+    return _json(
+        {
+            "max_distance": max_distance,
+            "total_groups": len(groups),
+            "groups": [_group_json(group) for group in groups[:limit]],
+        }
+    )
+
+
+def _group_json(group: DuplicateGroup) -> dict[str, Any]:
+    images = [
+        {
+            "id": member.id,
+            "url": member.url,
+            "sha256": member.sha256,
+            "pHash": member.phash,
+            "distance": member.distance,
+        }
+        for member in group.members
+    ]
+    return {"kind": group.kind, "images": images}
+
+
+async def _openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(OPENAPI_PATH, headers={hdrs.CONTENT_TYPE: "application/json"})
+
+
+async def _index_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(
+        STATIC_DIR / "index.html", headers={hdrs.CONTENT_TYPE: "text/html; charset=utf-8"}
+    )

@@ -1,0 +1,87 @@
+"""``crawler extract`` and ``crawler distance`` as a user runs them."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from crawler.cli import cli
+from crawler.extract import extract
+from tests.faultserver import FaultServer
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
+CANON = SAMPLES / "Canon_40D.jpg"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("hash_a", "hash_b", "distance", "similarity"),
+    [
+        ("63433b3ccf8e1ebe", "f5d2226cd9d32b16", "27", "0.578125"),
+        ("63433b3ccf8e1ebe", "61433b3fcf8f9faf", "8", "0.875"),
+    ],
+)
+def test_distance_gives_imagekits_documented_figures(
+    hash_a: str, hash_b: str, distance: str, similarity: str
+) -> None:
+    code, out, _ = run("distance", hash_a, hash_b)
+    assert code == 0
+    assert out.splitlines()[-1].split() == [distance, similarity]
+    code, out, _ = run("distance", hash_a, hash_b, "--json")
+    assert json.loads(out) == [{"distance": int(distance), "similarity": float(similarity)}]
+
+
+def test_distance_with_bad_hex_is_a_one_line_error() -> None:
+    code, out, err = run("distance", "63433b3ccf8e1ebe", "not-a-hash")
+    assert code == 1 and out == ""
+    assert (
+        err.strip()
+        == "Error: bad pHash 'not-a-hash': expected 16 hex digits, e.g. 63433b3ccf8e1ebe"
+    )
+
+
+def test_extract_one_file_prints_the_object_as_pretty_json() -> None:
+    code, out, _ = run("extract", str(CANON))
+    assert code == 0
+    assert "\n  " in out
+    assert json.loads(out) == extract(CANON.read_bytes()).metadata
+    assert list(json.loads(out))[:3] == ["height", "width", "size"]
+
+
+def test_extract_jsonl_prints_a_line_per_input_and_fails_on_a_bad_one(tmp_path: Path) -> None:
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello\n")
+    missing = tmp_path / "missing.jpg"
+    code, out, err = run("extract", "--jsonl", str(CANON), str(not_an_image), str(missing))
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["source"] for line in lines] == [str(CANON)]
+    errors = err.splitlines()
+    assert len(errors) == 2
+    assert str(not_an_image) in errors[0] and errors[0].startswith("Error: ")
+    assert errors[1] == f"Error: {missing}: no such file"
+
+
+def test_extract_a_url_from_a_server_and_a_file_url() -> None:
+    with FaultServer({"canon.jpg": CANON.read_bytes()}) as server:
+        code, out, _ = run("extract", server.url("/img/canon.jpg"), CANON.as_uri(), "--jsonl")
+        missing_code, _, missing_err = run("extract", server.url("/missing"))
+    assert code == 0
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first.pop("source").endswith("/img/canon.jpg")
+    assert second.pop("source") == CANON.as_uri()
+    assert first == second == extract(CANON.read_bytes()).metadata
+    assert missing_code == 1 and "404" in missing_err and "\n" not in missing_err.strip()
+
+
+def test_extract_honours_the_hash_algorithm_and_pixel_limit() -> None:
+    code, out, _ = run("extract", str(CANON), "--hash-algorithm", "imagehash")
+    assert code == 0
+    assert json.loads(out)["pHash"] != extract(CANON.read_bytes()).metadata["pHash"]
+    code, _, err = run("extract", str(CANON), "--pixel-limit", "100")
+    assert code == 1 and "pixel" in err.lower()

@@ -1,0 +1,75 @@
+"""config.example.toml documents exactly the settings crawler/config.py has, with their defaults."""
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crawler.config import Settings, load_settings
+from crawler.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRAWLER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CRAWLER_CONFIG", raising=False)
+
+
+def dotted_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in values.items():
+        if isinstance(value, dict):
+            keys |= dotted_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def setting_keys(cls: type, prefix: str = "") -> set[str]:
+    keys = set()
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(field.type):
+            keys |= setting_keys(field.type, f"{prefix}{field.name}.")  # type: ignore[arg-type]
+        else:
+            keys.add(f"{prefix}{field.name}")
+    return keys
+
+
+def test_example_has_exactly_the_settings_of_config_py() -> None:
+    example = tomllib.loads(EXAMPLE.read_text())
+    assert dotted_keys(example) == setting_keys(Settings)
+
+
+def test_example_values_are_the_defaults() -> None:
+    assert load_settings(EXAMPLE) == Settings()
+
+
+def test_every_setting_has_a_comment() -> None:
+    paragraph_has_comment = False
+    for line in EXAMPLE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped:
+            paragraph_has_comment = False
+        elif stripped.startswith("#"):
+            paragraph_has_comment = True
+        elif re.match(r"^\w+ = ", stripped):
+            assert paragraph_has_comment, f"undocumented setting: {stripped}"
+
+
+def test_bad_value_names_its_key(tmp_path: Path) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text('[crawl.retries]\nattempts = "many"\n')
+    with pytest.raises(ConfigError, match=r"^crawl\.retries\.attempts: expected an integer"):
+        load_settings(config)
+
+
+def test_command_line_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text("[crawl]\nconcurrency = 5\nper_host_concurrency = 2\n")
+    settings = load_settings(config, {"crawl.concurrency": 3, "crawl.per_host_concurrency": None})
+    assert (settings.crawl.concurrency, settings.crawl.per_host_concurrency) == (3, 2)

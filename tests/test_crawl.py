@@ -1,0 +1,335 @@
+"""End-to-end crawls against a real server on 127.0.0.1, on SQLite and PostgreSQL.
+
+Every seed must end as exactly one row with the right status and reason, good images' rows
+must hold what ``crawler.extract`` gives for the same bytes, re-runs must do only what they
+are asked to, and killed or interrupted crawls must resume without losing or repeating URLs.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from crawler.catalogue import create_catalogue_engine, open_catalogue
+from crawler.cli import cli
+from crawler.config import Settings, load_settings
+from crawler.engine import CrawlOptions, run_crawl
+from crawler.extract import extract
+from crawler.frontier import add_seeds, claim, release_dead_claims
+from crawler.models import images
+from crawler.seeds import SeedError, iter_seeds, normalise_url
+from tests.faultserver import FaultServer
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "images"
+FILES = {
+    "a.jpg": (SAMPLES / "Canon_40D.jpg").read_bytes(),
+    "b.tiff": (SAMPLES / "Jobagent.tiff").read_bytes(),
+    "c.jpg": (SAMPLES / "first-640px.jpg").read_bytes(),
+    "broken.jpg": b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20,
+}
+CRAWLER = Path(sys.executable).parent / "crawler"
+FAST_SETTINGS = """
+[crawl]
+concurrency = 4
+per_host_concurrency = 4
+max_size = 1048576
+max_redirects = 3
+extract_workers = 1
+batch_size = 5
+claim_timeout = 60
+
+[crawl.timeouts]
+connect = 2.0
+read = 0.3
+total = 5.0
+
+[crawl.retries]
+attempts = 2
+backoff_base = 0.01
+backoff_max = 0.05
+retry_after_max = 5.0
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRAWLER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CRAWLER_CONFIG", raising=False)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "crawler.toml"
+    path.write_text(FAST_SETTINGS)
+    return path
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer(FILES, image_delay=0.1) as running:
+        yield running
+
+
+def settings_for(config: Path, db_url: str) -> Settings:
+    return load_settings(config, {"database.url": db_url})
+
+
+def stored_rows(db_url: str) -> dict[str, Any]:
+    engine = create_catalogue_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            return {row.url: row for row in connection.execute(sa.select(images))}
+    finally:
+        engine.dispose()
+
+
+def write_seeds(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def fault_seeds(server: FaultServer) -> dict[str, tuple[str, str | None]]:
+    """Seed line -> the (status, reason) its row must end with."""
+    return {
+        server.url("/img/a.jpg"): ("ok", None),
+        server.url("/img/b.tiff"): ("ok", None),
+        server.url("/redirect/2/c.jpg"): ("ok", None),
+        server.url("/flaky/a.jpg"): ("ok", None),
+        server.url("/ratelimited/b.tiff"): ("ok", None),
+        str((SAMPLES / "Nikon_D70.jpg").relative_to(REPO)): ("ok", None),
+        server.url("/missing"): ("failed", "http_404"),
+        server.url("/unavailable"): ("failed", "http_503"),
+        server.url("/reset/a.jpg"): ("failed", "connection_error"),
+        server.url("/slow/a.jpg"): ("failed", "timeout"),
+        server.url("/huge"): ("failed", "too_large"),
+        server.url("/html-as-jpeg"): ("failed", "not_an_image"),
+        server.url("/img/broken.jpg"): ("failed", "undecodable"),
+        server.url("/loop/a"): ("failed", "redirect_loop"),
+        server.url("/redirect/9/a.jpg"): ("failed", "too_many_redirects"),
+        server.url("/private/a.jpg"): ("skipped", "robots"),
+        "samples/images/no-such-file.jpg": ("failed", "not_found"),
+        "gopher://example.com/a.jpg": ("failed", "bad_url"),
+    }
+
+
+def normalised(seed: str) -> str:
+    try:
+        return normalise_url(seed)
+    except SeedError:
+        return seed
+
+
+def test_every_seed_ends_as_one_right_row(
+    db_url: str, config: Path, server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    expected = fault_seeds(server)
+    duplicate = server.url("/img/a.jpg").replace("http://", "HTTP://") + "#again"
+    seeds = write_seeds(tmp_path / "seeds.txt", [*expected, duplicate, "# comment", ""])
+
+    summary = run_crawl(seeds, settings_for(config, db_url))
+
+    rows = stored_rows(db_url)
+    assert {url: (row.status, row.reason) for url, row in rows.items()} == {
+        normalised(seed): outcome for seed, outcome in expected.items()
+    }
+    assert summary.by_status == {"ok": 6, "failed": 11, "skipped": 1}
+    assert all(row.claimed_by is None and row.attempts <= 1 for row in rows.values())
+    assert server.hits["/img/a.jpg"] == 1  # the duplicate line was not fetched again
+    good = {
+        server.url("/img/a.jpg"): FILES["a.jpg"],
+        server.url("/img/b.tiff"): FILES["b.tiff"],
+        server.url("/redirect/2/c.jpg"): FILES["c.jpg"],
+        (SAMPLES / "Nikon_D70.jpg").as_uri(): (SAMPLES / "Nikon_D70.jpg").read_bytes(),
+    }
+    for url, data in good.items():
+        assert rows[url].metadata == extract(data).metadata
+        assert rows[url].phash_algorithm == "imagekit"
+    assert rows[server.url("/redirect/2/c.jpg")].final_url == server.url("/img/c.jpg")
+    assert rows[server.url("/missing")].http_status == 404
+
+
+def test_reruns_skip_done_retry_failed_and_refresh(
+    db_url: str, config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    settings = settings_for(config, db_url)
+    ok_url, missing_url = server.url("/img/a.jpg"), server.url("/missing")
+    seeds = write_seeds(tmp_path / "seeds.txt", [ok_url, missing_url])
+    run_crawl(seeds, settings)
+    first_fetch = stored_rows(db_url)[ok_url].fetched_at
+
+    again = run_crawl(seeds, settings)
+    assert (again.stored, server.hits["/img/a.jpg"], server.hits["/missing"]) == (0, 1, 1)
+
+    retried = run_crawl(seeds, settings, options=CrawlOptions(retry_failed=True))
+    assert retried.by_status == {"failed": 1}
+    assert (server.hits["/img/a.jpg"], server.hits["/missing"]) == (1, 2)
+
+    refreshed = run_crawl(seeds, settings, options=CrawlOptions(refresh=True))
+    row = stored_rows(db_url)[ok_url]
+    assert refreshed.by_reason == {"not_modified": 1}
+    assert (server.hits["/img/a.jpg"], server.hits["/missing"]) == (2, 2)
+    assert (row.status, row.http_status) == ("ok", 304)
+    assert row.fetched_at > first_fetch
+    assert row.metadata == extract(FILES["a.jpg"]).metadata
+
+
+def crawl_command(config: Path, db_url: str, seeds: Path, *extra: str) -> list[str]:
+    return [str(CRAWLER), "--config", str(config), "--db", db_url, "run", str(seeds), *extra]
+
+
+def wait_for_ok_rows(db_url: str, at_least: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    engine = create_catalogue_engine(db_url)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with engine.connect() as connection:
+                    count = connection.execute(
+                        sa.select(sa.func.count()).where(images.c.status == "ok")
+                    ).scalar_one()
+            except sa.exc.DatabaseError:  # the table is not there yet
+                count = 0
+            if count >= at_least:
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    pytest.fail(f"the crawl did not store {at_least} rows in time (exit {process.poll()})")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true after {seconds}s")
+        time.sleep(0.1)
+
+
+def slow_seeds(server: FaultServer, path: Path, count: int) -> tuple[Path, list[str]]:
+    urls = [server.url(f"/slowimg/a.jpg?n={number}") for number in range(count)]
+    return write_seeds(path, urls), urls
+
+
+def test_killed_crawl_resumes_with_one_row_per_url(
+    db_url: str, config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    seeds, urls = slow_seeds(server, tmp_path / "seeds.txt", 40)
+    command = crawl_command(config, db_url, seeds, "--quiet")
+    process = subprocess.Popen(command, text=True)
+    try:
+        wait_for_ok_rows(db_url, 6, process)
+        helpers = descendants(process.pid)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert any(row.status == "pending" for row in stored_rows(db_url).values())
+    assert helpers  # the extraction processes, which must not outlive the crawler
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), seconds=10)
+
+    subprocess.run(command, check=True, timeout=120)
+
+    rows = stored_rows(db_url)
+    assert sorted(rows) == sorted(urls)
+    assert {row.status for row in rows.values()} == {"ok"}
+    assert all(row.claimed_by is None for row in rows.values())
+    refetched = [url for url in urls if server.hits[url.removeprefix(server.base)] > 1]
+    assert len(refetched) <= 16  # at most what was in flight when it was killed
+
+
+def test_interrupt_drains_in_flight_work_and_saves_it(
+    config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    seeds, urls = slow_seeds(server, tmp_path / "seeds.txt", 40)
+    command = crawl_command(config, db_url, seeds, "--json")
+    process = subprocess.Popen(command, text=True, stdout=subprocess.PIPE)
+    wait_for_ok_rows(db_url, 4, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    summary = json.loads(output)
+    rows = stored_rows(db_url).values()
+
+    assert process.returncode == 130
+    assert summary["interrupted"] is True
+    assert summary["by_status"]["ok"] == sum(row.status == "ok" for row in rows) < len(urls)
+    assert {row.status for row in rows} == {"ok", "pending"}
+    assert all(row.claimed_by is None for row in rows)
+
+    subprocess.run(command, check=True, timeout=120, stdout=subprocess.DEVNULL)
+    assert {row.status for row in stored_rows(db_url).values()} == {"ok"}
+    assert all(server.hits[url.removeprefix(server.base)] == 1 for url in urls)
+
+
+@pytest.mark.postgres
+def test_two_crawlers_share_a_catalogue_without_fetching_twice(
+    postgres_url: str, config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    seeds, urls = slow_seeds(server, tmp_path / "seeds.txt", 60)
+    command = crawl_command(config, postgres_url, seeds, "--json", "--per-host", "2")
+    crawlers = [subprocess.Popen(command, text=True, stdout=subprocess.PIPE) for _ in range(2)]
+    summaries = [json.loads(crawler.communicate(timeout=120)[0]) for crawler in crawlers]
+
+    rows = stored_rows(postgres_url)
+    assert sorted(rows) == sorted(urls)
+    assert {row.status for row in rows.values()} == {"ok"}
+    assert [server.hits[url.removeprefix(server.base)] for url in urls] == [1] * len(urls)
+    assert all(summary["stored"] > 0 for summary in summaries)
+    assert sum(summary["stored"] for summary in summaries) == len(urls)
+
+
+def test_cli_crawls_the_sample_seed_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    result = CliRunner().invoke(cli, ["--db", db_url, "run", "samples/seeds.txt"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Crawl done: 8 URLs stored")
+    assert lines[-1].split() == ["ok", "8"]
+    rows = stored_rows(db_url)
+    for path in SAMPLES.iterdir():
+        assert rows[path.as_uri()].metadata == extract(path.read_bytes()).metadata
+
+
+def test_cli_reports_a_missing_seed_list_in_one_line(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    result = CliRunner().invoke(cli, ["--db", db_url, "run", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'nope.txt'}: no such seed list"
+    ]
+
+
+def test_claims_of_dead_or_stale_workers_are_taken_over(db_url: str, tmp_path: Path) -> None:
+    seeds = write_seeds(tmp_path / "seeds.txt", [f"https://example.com/{n}.jpg" for n in range(6)])
+    host = socket.gethostname()
+    with open_catalogue(db_url) as catalogue:
+        add_seeds(catalogue, iter_seeds(seeds))
+        dead = claim(catalogue, f"{host}:999999", 2, claim_timeout=60)
+        live = claim(catalogue, f"{host}:{os.getpid()}", 2, claim_timeout=60)
+        remote = claim(catalogue, "elsewhere:1", 2, claim_timeout=60)
+        assert claim(catalogue, "me", 6, claim_timeout=60) == []
+        assert release_dead_claims(catalogue, "me", is_alive=lambda pid: pid != 999999) == 2
+        assert {c.url for c in claim(catalogue, "me", 6, claim_timeout=60)} == {c.url for c in dead}
+        taken_over = claim(catalogue, "me", 6, claim_timeout=0)  # every claim is stale now
+    assert {c.url for c in taken_over} == {c.url for c in [*dead, *live, *remote]}

@@ -1,0 +1,107 @@
+"""Seed lists: parsing, normalisation, directories, streaming, and dedupe by the catalogue."""
+
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from crawler.catalogue import open_catalogue
+from crawler.errors import SourceError
+from crawler.frontier import add_seeds
+from crawler.models import images
+from crawler.seeds import Seed, SeedError, iter_seeds, normalise_url
+
+
+@pytest.mark.parametrize(
+    ("seed", "normalised"),
+    [
+        ("HTTP://Example.COM:80/a b?x=1#top", "http://example.com/a%20b?x=1"),
+        ("https://example.com", "https://example.com/"),
+        ("https://example.com:443/%7euser/", "https://example.com/~user/"),
+        ("https://example.com:8443/a%2Fb?q=%C3%A9", "https://example.com:8443/a%2Fb?q=%C3%A9"),
+        ("http://bücher.example/", "http://xn--bcher-kva.example/"),
+        ("  http://example.com/x.jpg  ", "http://example.com/x.jpg"),
+        ("file:///srv/images/../images/a.jpg", "file:///srv/images/a.jpg"),
+    ],
+)
+def test_normalise_url(seed: str, normalised: str) -> None:
+    assert normalise_url(seed) == normalised
+
+
+def test_plain_paths_become_absolute_file_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert normalise_url("images/a b.jpg") == (tmp_path / "images" / "a b.jpg").as_uri()
+    assert normalise_url("./images/../images/a.jpg") == (tmp_path / "images" / "a.jpg").as_uri()
+
+
+@pytest.mark.parametrize("seed", ["ftp://example.com/a.jpg", "http:///a.jpg", "mailto://x"])
+def test_unusable_seeds_are_refused(seed: str) -> None:
+    with pytest.raises(SeedError):
+        normalise_url(seed)
+
+
+def test_seed_list_skips_comments_expands_directories_and_keeps_bad_lines(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "photos"
+    (tree / "2024" / "deep").mkdir(parents=True)
+    for name in ("b.JPG", "2024/a.png", "2024/deep/c.webp", "2024/notes.txt", "README"):
+        (tree / name).write_bytes(b"x")
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(
+        "# a comment\n\nhttps://example.com/x.jpg\n   \n  # indented comment\n"
+        f"{tree}\nftp://example.com/y.jpg\n"
+    )
+    *good, bad = iter_seeds(seeds)
+    assert good == [
+        Seed("https://example.com/x.jpg"),
+        Seed((tree / "b.JPG").as_uri()),
+        Seed((tree / "2024" / "a.png").as_uri()),
+        Seed((tree / "2024" / "deep" / "c.webp").as_uri()),
+    ]
+    assert bad.url == "ftp://example.com/y.jpg"
+    assert "unsupported scheme" in (bad.problem or "")
+
+
+def test_missing_seed_list_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="seed list"):
+        list(iter_seeds(tmp_path / "nope.txt"))
+
+
+def test_seed_list_is_streamed(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    with seeds.open("w") as handle:
+        for number in range(20_000):
+            handle.write(f"https://example.com/images/{number:08d}.jpg\n")
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_seeds(seeds))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 20_000
+    assert peak < 200_000  # the file is 900 kB; a list of its seeds would take over 3 MB
+
+
+def test_duplicates_after_normalisation_make_one_row(db_url: str, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(
+        "https://example.com/a.jpg\nHTTPS://EXAMPLE.com:443/a.jpg#x\nhttps://example.com/b.jpg\n"
+        "ftp://example.com/c.jpg\nftp://example.com/c.jpg\n"
+    )
+    with open_catalogue(db_url) as catalogue:
+        first = add_seeds(catalogue, iter_seeds(seeds))
+        again = add_seeds(catalogue, iter_seeds(seeds))
+        with catalogue.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(images.c.url, images.c.status, images.c.reason).order_by(images.c.url)
+            ).all()
+    assert (first.seeds, first.added, again.added) == (5, 3, 0)
+    assert [tuple(row) for row in rows] == [
+        ("ftp://example.com/c.jpg", "failed", "bad_url"),
+        ("https://example.com/a.jpg", "pending", None),
+        ("https://example.com/b.jpg", "pending", None),
+    ]

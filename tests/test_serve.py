@@ -1,0 +1,433 @@
+"""``crawler serve`` against the running server on 127.0.0.1: every endpoint, every error
+status, auth on and off, limits, and request-forgery attempts that must reach nothing."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from yarl import URL
+
+from crawler.cli import cli
+from crawler.config import ServeSettings, Settings
+from crawler.errors import ConfigError
+from crawler.extract import extract
+from crawler.serve import DuplicatesCache, RateLimiter, check_listen_address, create_app
+from tests.serve_support import TEST_HOSTS, UpstreamServer, api_settings, make_jpeg, serving
+
+IMAGES = {
+    "a.jpg": make_jpeg(1),
+    "a-near.jpg": make_jpeg(1, touch=40),
+    "b.jpg": make_jpeg(2),
+}
+KEY = "private_key_0123456789"
+
+
+@dataclass
+class Running:
+    """The API under test, and a client session for it."""
+
+    url: URL
+    client: aiohttp.ClientSession
+
+    async def get(self, path: str, **params: str) -> tuple[int, dict, aiohttp.ClientResponse]:
+        async with self.client.get(self.url.with_path(path).with_query(params)) as response:
+            return response.status, await response.json(), response
+
+
+@asynccontextmanager
+async def api(settings: Settings, key: str | None = None) -> AsyncIterator[Running]:
+    async with (
+        serving(create_app(settings, resolver=TEST_HOSTS)) as url,
+        aiohttp.ClientSession(headers=key_header(key)) as client,
+    ):
+        yield Running(url, client)
+
+
+def key_header(key: str | None) -> dict[str, str]:
+    """ImageKit's scheme: the private key as the Basic user name, no password."""
+    return {} if key is None else {"Authorization": aiohttp.encode_basic_auth(key, "")}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[UpstreamServer, URL]]:
+    server = UpstreamServer(IMAGES)
+    async with serving(server.app) as url:
+        yield server, url
+
+
+@pytest.fixture
+async def victim() -> AsyncIterator[tuple[UpstreamServer, URL]]:
+    """A loopback server that request forgery would reach: it must receive nothing."""
+    server = UpstreamServer(IMAGES)
+    async with serving(server.app) as url:
+        yield server, url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalogue.db'}"
+
+
+def allowing(url: URL) -> tuple[str, ...]:
+    return (f"127.0.0.1:{url.port}",)
+
+
+def assert_error(status: int, body: dict, expected: int, fragment: str) -> None:
+    assert status == expected, body
+    assert set(body) == {"message", "help"}
+    assert fragment in body["message"]
+    assert body["help"]
+
+
+async def test_metadata_of_a_url_is_the_extracted_object_and_is_not_stored(
+    upstream: tuple[UpstreamServer, URL], sqlite_url: str
+) -> None:
+    server, base = upstream
+    async with api(api_settings(sqlite_url, allow_hosts=allowing(base))) as running:
+        status, body, response = await running.get("/v1/metadata", url=str(base / "img/a.jpg"))
+        assert status == 200
+        assert response.content_type == "application/json"
+        assert body == extract(IMAGES["a.jpg"]).metadata
+        status, similar, _ = await running.get("/v1/similar", phash=body["pHash"])
+    assert similar["results"] == []
+    assert server.requests["/img/a.jpg"] == 1
+
+
+async def test_store_true_catalogues_the_image_for_the_other_endpoints(
+    upstream: tuple[UpstreamServer, URL], db_url: str
+) -> None:
+    _, base = upstream
+    image_url = str(base / "img/a.jpg")
+    async with api(api_settings(db_url, allow_hosts=allowing(base))) as running:
+        status, metadata, _ = await running.get("/v1/metadata", url=image_url, store="true")
+        assert status == 200
+        status, found, _ = await running.get("/v1/similar", phash=metadata["pHash"])
+        assert status == 200
+        [match] = found["results"]
+        assert (match["url"], match["distance"], match["similarity"]) == (image_url, 0, 1.0)
+        status, stored, _ = await running.get(f"/v1/files/{match['id']}/metadata")
+    assert status == 200
+    assert stored == metadata
+
+
+async def test_similar_and_duplicates_find_the_near_duplicate(
+    upstream: tuple[UpstreamServer, URL], sqlite_url: str
+) -> None:
+    _, base = upstream
+    async with api(api_settings(sqlite_url, allow_hosts=allowing(base))) as running:
+        hashes = {}
+        for name in IMAGES:
+            _, body, _ = await running.get("/v1/metadata", url=str(base / "img" / name), store="1")
+            hashes[name] = body["pHash"]
+            if name == "a.jpg":
+                _, before, _ = await running.get("/v1/duplicates")
+        near = bin(int(hashes["a.jpg"], 16) ^ int(hashes["a-near.jpg"], 16)).count("1")
+        far = bin(int(hashes["a.jpg"], 16) ^ int(hashes["b.jpg"], 16)).count("1")
+        assert 0 < near < 10 < far  # the generated images are what the test needs
+        _, body, _ = await running.get("/v1/similar", phash=hashes["a.jpg"], max_distance="10")
+        assert [r["url"].rsplit("/", 1)[1] for r in body["results"]] == ["a.jpg", "a-near.jpg"]
+        assert [r["distance"] for r in body["results"]] == [0, near]
+        assert body["results"][1]["similarity"] == 1 - near / 64
+        _, limited, _ = await running.get("/v1/similar", phash=hashes["a.jpg"], limit="1")
+        assert len(limited["results"]) == 1
+        _, everything, _ = await running.get(
+            "/v1/similar", phash=hashes["a.jpg"], max_distance="64"
+        )
+        assert len(everything["results"]) == 3
+        status, after, _ = await running.get("/v1/duplicates", max_distance="10")
+    assert before == {"max_distance": 10, "total_groups": 0, "groups": []}
+    assert status == 200
+    [group] = after["groups"]
+    assert (after["total_groups"], group["kind"]) == (1, "similar")
+    names = [image["url"].rsplit("/", 1)[1] for image in group["images"]]
+    assert names == ["a.jpg", "a-near.jpg"]
+    assert [image["distance"] for image in group["images"]] == [0, near]
+
+
+async def test_duplicates_are_computed_once_for_concurrent_callers_and_kept() -> None:
+    calls: list[int] = []
+    release = asyncio.Event()
+    now = [0.0]
+
+    async def compute(max_distance: int) -> list:
+        calls.append(max_distance)
+        await release.wait()
+        return [f"groups at {max_distance}"]
+
+    cache = DuplicatesCache(compute, ttl=60, clock=lambda: now[0])
+    waiting = [asyncio.ensure_future(cache.groups(10)) for _ in range(3)]
+    await asyncio.sleep(0)
+    release.set()
+    assert [await task for task in waiting] == [["groups at 10"]] * 3
+    assert calls == [10]
+    now[0] = 59.0
+    await cache.groups(10)
+    assert calls == [10]
+    now[0] = 61.0  # expired
+    await cache.groups(10)
+    cache.invalidate()
+    await cache.groups(10)
+    assert calls == [10, 10, 10]
+
+
+async def test_a_failed_grouping_is_not_kept() -> None:
+    attempts: list[int] = []
+
+    async def compute(max_distance: int) -> list:
+        attempts.append(max_distance)
+        if len(attempts) == 1:
+            raise RuntimeError("database went away")
+        return []
+
+    cache = DuplicatesCache(compute)
+    with pytest.raises(RuntimeError):
+        await cache.groups(4)
+    assert await cache.groups(4) == []
+
+
+async def test_phash_distance_gives_imagekits_documented_values(sqlite_url: str) -> None:
+    async with api(api_settings(sqlite_url)) as running:
+        _, far, _ = await running.get(
+            "/v1/phash-distance", a="63433b3ccf8e1ebe", b="f5d2226cd9d32b16"
+        )
+        _, near, _ = await running.get(
+            "/v1/phash-distance", a="63433B3CCF8E1EBE", b="61433b3fcf8f9faf"
+        )
+    assert (far["distance"], far["similarity"]) == (27, 0.578125)
+    assert (near["a"], near["distance"], near["similarity"]) == ("63433b3ccf8e1ebe", 8, 0.875)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "fragment"),
+    [
+        ("/v1/phash-distance", {"a": "63433b3ccf8e1ebe"}, "parameter b is required"),
+        ("/v1/phash-distance", {"a": "xyz", "b": "00"}, "bad pHash"),
+        ("/v1/similar", {"phash": "12345678901234567"}, "bad pHash"),
+        ("/v1/similar", {"phash": "00", "max_distance": "65"}, "max_distance: expected 0..64"),
+        ("/v1/similar", {"phash": "00", "limit": "0"}, "limit: expected 1..1000"),
+        ("/v1/similar", {"phash": "00", "limit": "ten"}, "limit: expected an integer"),
+        ("/v1/duplicates", {"max_distance": "-1"}, "max_distance"),
+        ("/v1/duplicates", {"max_distance": "17"}, "max_distance: expected 0..16"),
+        ("/v1/duplicates", {"limit": "0"}, "limit: expected 1..1000"),
+        ("/v1/metadata", {}, "parameter url is required"),
+        ("/v1/metadata", {"url": "https://example.com/a.jpg", "store": "maybe"}, "store"),
+        ("/v1/metadata", {"url": "file:///etc/passwd"}, "only http and https"),
+        ("/v1/metadata", {"url": "/etc/passwd"}, "only http and https"),
+        ("/v1/metadata", {"url": "http://"}, "refusing to fetch"),
+        ("/v1/metadata", {"url": "http://\U000f678a.test/a.jpg"}, "not a valid URL"),
+        ("/v1/metadata", {"url": "http://example.com:99999/a.jpg"}, "not a valid URL"),
+    ],
+)
+async def test_bad_parameters_are_400_with_a_json_error(
+    sqlite_url: str, path: str, params: dict[str, str], fragment: str
+) -> None:
+    async with api(api_settings(sqlite_url)) as running:
+        status, body, _ = await running.get(path, **params)
+    assert_error(status, body, 400, fragment)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "fragment"),
+    [
+        ("/page.html", 415, "not an image"),
+        ("/huge.jpg", 413, "crawl.max_size"),
+        ("/broken.jpg", 422, ""),
+        ("/slow.jpg", 504, "timed out"),
+        ("/fail.jpg", 502, "HTTP 500"),
+        ("/img/missing.jpg", 502, "HTTP 404"),
+    ],
+)
+async def test_upstream_failures_have_their_status(
+    upstream: tuple[UpstreamServer, URL], sqlite_url: str, path: str, expected: int, fragment: str
+) -> None:
+    _, base = upstream
+    async with api(api_settings(sqlite_url, allow_hosts=allowing(base))) as running:
+        status, body, _ = await running.get("/v1/metadata", url=str(base.with_path(path)))
+    assert_error(status, body, expected, fragment)
+
+
+async def test_unreachable_upstream_is_502(sqlite_url: str) -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = api_settings(sqlite_url, allow_hosts=(f"127.0.0.1:{port}",))
+    async with api(settings) as running:
+        status, body, _ = await running.get("/v1/metadata", url=f"http://127.0.0.1:{port}/a.jpg")
+    assert_error(status, body, 502, "connection failed")
+
+
+async def test_unknown_files_routes_and_methods_are_json_errors(sqlite_url: str) -> None:
+    async with api(api_settings(sqlite_url)) as running:
+        status, body, _ = await running.get("/v1/files/12345/metadata")
+        assert_error(status, body, 404, "no image '12345' in the catalogue")
+        assert "sqlite" not in body["message"]
+        for bad_id in ("abc", "\u00b9", "99999999999999999999"):
+            status, body, _ = await running.get(f"/v1/files/{bad_id}/metadata")
+            assert_error(status, body, 404, bad_id)
+        status, body, _ = await running.get("/v2/nothing")
+        assert_error(status, body, 404, "Not Found")
+        async with running.client.post(running.url / "v1/similar") as response:
+            assert_error(response.status, await response.json(), 405, "Method Not Allowed")
+            assert response.headers["Allow"] == "GET,HEAD"
+
+
+async def test_api_keys_are_required_when_configured(sqlite_url: str) -> None:
+    settings = api_settings(sqlite_url, api_keys=("another-key", KEY))
+    async with api(settings) as anonymous:
+        status, body, response = await anonymous.get("/v1/phash-distance", a="00", b="01")
+        assert_error(status, body, 401, "API key is required")
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        status, body, _ = await anonymous.get("/")
+        assert_error(status, body, 401, "API key is required")
+        status, _, _ = await anonymous.get("/openapi.json")
+        assert status == 200
+    async with api(settings, "wrong-key") as wrong:
+        status, body, _ = await wrong.get("/v1/phash-distance", a="00", b="01")
+        assert_error(status, body, 401, "unknown API key")
+    async with api(settings, KEY) as authorised:
+        status, body, _ = await authorised.get("/v1/phash-distance", a="00", b="01")
+    assert (status, body["distance"]) == (200, 1)
+
+
+async def test_no_keys_means_no_auth(sqlite_url: str) -> None:
+    async with api(api_settings(sqlite_url)) as running:
+        status, _, _ = await running.get("/v1/phash-distance", a="00", b="01")
+    assert status == 200
+
+
+async def test_rate_limit_is_per_key(sqlite_url: str) -> None:
+    settings = api_settings(sqlite_url, api_keys=(KEY, "second-key"), rate_limit_per_minute=3)
+    async with api(settings, KEY) as first:
+        statuses = [(await first.get("/v1/phash-distance", a="0", b="1"))[0] for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        status, body, response = await first.get("/v1/phash-distance", a="0", b="1")
+        assert_error(status, body, 429, "rate limit of 3 requests a minute")
+        assert int(response.headers["Retry-After"]) >= 1
+        async with aiohttp.ClientSession(headers=key_header("second-key")) as other:
+            status, _, _ = await Running(first.url, other).get("/v1/phash-distance", a="0", b="1")
+    assert status == 200
+
+
+def test_rate_limiter_refills_at_the_configured_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0])
+    assert [limiter.wait_needed("k") for _ in range(60)] == [0.0] * 60
+    assert limiter.wait_needed("k") == pytest.approx(1.0)
+    now[0] = 2.0  # two seconds refill two requests at 60 a minute
+    assert limiter.wait_needed("k") == 0.0
+    assert limiter.wait_needed("k") == 0.0
+    assert limiter.wait_needed("k") > 0
+
+
+async def test_upstream_fetches_are_limited(
+    upstream: tuple[UpstreamServer, URL], sqlite_url: str
+) -> None:
+    server, base = upstream
+    settings = api_settings(sqlite_url, allow_hosts=allowing(base), max_upstream_fetches=1)
+    async with api(settings) as running:
+        answers = await asyncio.gather(
+            *(running.get("/v1/metadata", url=str(base / "held" / name)) for name in IMAGES)
+        )
+    assert [status for status, _, _ in answers] == [200] * len(IMAGES)
+    assert server.most_in_flight == 1
+
+
+def loopback_spellings(port: int) -> list[str]:
+    return [
+        f"http://127.0.0.1:{port}/img/a.jpg",
+        f"http://[::1]:{port}/img/a.jpg",
+        f"http://localhost:{port}/img/a.jpg",
+        f"http://LOCALHOST.:{port}/img/a.jpg",
+        f"http://2130706433:{port}/img/a.jpg",
+        f"http://0177.0.0.1:{port}/img/a.jpg",
+        f"http://0x7f.1:{port}/img/a.jpg",
+        f"http://127.1:{port}/img/a.jpg",
+        f"http://[::ffff:127.0.0.1]:{port}/img/a.jpg",
+        f"http://0.0.0.0:{port}/img/a.jpg",
+    ]
+
+
+async def test_request_forgery_to_loopback_is_refused_and_reaches_nothing(
+    victim: tuple[UpstreamServer, URL], sqlite_url: str
+) -> None:
+    server, base = victim
+    async with api(api_settings(sqlite_url)) as running:
+        for url in loopback_spellings(base.port):
+            status, body, _ = await running.get("/v1/metadata", url=url, store="true")
+            assert_error(status, body, 400, "refusing to fetch from")
+            assert "serve.allow_hosts" in body["help"]
+    assert sum(server.requests.values()) == 0
+
+
+async def test_redirects_to_loopback_from_an_allowed_server_are_refused(
+    upstream: tuple[UpstreamServer, URL], victim: tuple[UpstreamServer, URL], sqlite_url: str
+) -> None:
+    allowed, allowed_base = upstream
+    target, target_base = victim
+    async with api(api_settings(sqlite_url, allow_hosts=allowing(allowed_base))) as running:
+        status, _, _ = await running.get("/v1/metadata", url=str(allowed_base / "img/a.jpg"))
+        assert status == 200  # the allowed server itself is reachable
+        for url in loopback_spellings(target_base.port):
+            redirect = allowed_base.with_path("/redirect").with_query(to=url)
+            status, body, _ = await running.get("/v1/metadata", url=str(redirect))
+            assert_error(status, body, 400, "refusing to fetch from")
+    assert allowed.requests["/redirect"] == len(loopback_spellings(0))
+    assert sum(target.requests.values()) == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_without_keys_loopback_hosts_may_listen(host: str) -> None:
+    check_listen_address(ServeSettings(host=host))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com"])
+def test_without_keys_other_hosts_are_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"serve\.host: refusing to listen .* without"):
+        check_listen_address(ServeSettings(host=host))
+    check_listen_address(ServeSettings(host=host, api_keys=(KEY,)))
+
+
+def test_cli_refuses_a_public_host_without_keys_in_one_line() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: serve.host: refusing")
+
+
+def test_cli_serves_until_interrupted(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    crawler = Path(sys.executable).parent / "crawler"
+    command = [crawler, "--db", f"sqlite:///{tmp_path / 'c.db'}", "serve", "--port", str(port)]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CRAWLER_")}
+    with subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL) as server:
+        try:
+            body = _get_when_up(f"http://127.0.0.1:{port}/v1/phash-distance?a=0&b=3")
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(10)
+    assert b'"distance": 2' in body
+
+
+def _get_when_up(url: str, timeout: float = 20) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
