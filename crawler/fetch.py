@@ -443,8 +443,12 @@ class Fetcher:
             response.close()  # do not download the rest
             raise
         if declared is not None:
-            # aiohttp stops at Content-Length; reading it whole is cheaper than by chunks.
-            return head + await response.content.read()
+            # aiohttp stops at Content-Length. Joining the chunks once copies the body once;
+            # ``head + content.read()`` copied it twice.
+            chunks = [head]
+            while chunk := await response.content.readany():
+                chunks.append(chunk)
+            return b"".join(chunks)
         body = bytearray(head)
         while len(body) <= limit and (chunk := await response.content.readany()):
             body += chunk

@@ -13,9 +13,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from crawler.engine import CrawlProgress, CrawlSummary
+from crawler.output import write_rows
 
 
 class ProgressBar:
@@ -78,9 +78,9 @@ def print_summary(summary: CrawlSummary, out: TextIO) -> None:
     )
     if not summary.stored:
         return
-    table = Table("status", "reason", "count", box=None, pad_edge=False)
-    for status, count in sorted(summary.by_status.items()):
-        table.add_row(status, "", str(count))
-    for reason, count in sorted(summary.by_reason.items(), key=lambda item: -item[1]):
-        table.add_row("", reason, str(count))
-    console.print(table)
+    rows = [
+        {"status": status, "count": count} for status, count in sorted(summary.by_status.items())
+    ]
+    by_reason = sorted(summary.by_reason.items(), key=lambda item: -item[1])
+    rows += [{"reason": reason, "count": count} for reason, count in by_reason]
+    write_rows(rows, ("status", "reason", "count"), "table", out)
