@@ -17,6 +17,7 @@ DEFAULT_DATABASE_URL = "sqlite:///crawler.db"
 DATABASE_URL_ENV = "CRAWLER_DATABASE_URL"
 CONFIG_PATH_ENV = "CRAWLER_CONFIG"
 HASH_ALGORITHMS = ("imagekit", "imagehash")
+DEFAULT_HASH_ALGORITHM = HASH_ALGORITHMS[0]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class CrawlSettings:
 @dataclass(frozen=True)
 class ExtractSettings:
     pixel_limit: int = 268_402_689  # libvips' and sharp's default: 0x3FFF * 0x3FFF
-    hash_algorithm: str = "imagekit"
+    hash_algorithm: str = DEFAULT_HASH_ALGORITHM
 
 
 @dataclass(frozen=True)

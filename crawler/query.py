@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, BIT
 
 from crawler.catalogue import Catalogue
+from crawler.config import DEFAULT_HASH_ALGORITHM as DEFAULT_ALGORITHM
 from crawler.errors import CrawlerError
 from crawler.extract.phash import HASH_BITS, hex_to_signed, to_hex
 from crawler.models import (
@@ -99,11 +100,13 @@ def similar(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     limit: int | None = None,
     *,
+    algorithm: str = DEFAULT_ALGORITHM,
     strategy: Strategy = "auto",
 ) -> list[SimilarRow]:
     """Images whose pHash is within ``max_distance`` bits of ``phash`` (16 hex digits or a
-    64-bit integer), nearest first, ties by id. ``strategy`` forces the index search or the
-    full scan (for benchmarks); both return the same rows."""
+    64-bit integer), nearest first, ties by id. Only hashes made by ``algorithm`` are
+    compared: hashes of different algorithms say nothing about each other. ``strategy``
+    forces the index search or the full scan (for benchmarks); both return the same rows."""
     query = hex_to_signed(phash) if isinstance(phash, str) else _signed(phash)
     _check_range("max distance", max_distance, 0, HASH_BITS)
     if limit is not None:
@@ -122,7 +125,8 @@ def similar(
             .where(images.c.phash.is_not(None), distance <= max_distance)
             .order_by(distance, images.c.id)
         )
-    statement = statement.limit(limit)
+    # Checked on the rows that pass the distance test, so the chunk lookups stay index-only.
+    statement = statement.where(images.c.phash_algorithm == algorithm).limit(limit)
     with catalogue.engine.connect() as connection:
         return [
             SimilarRow(
@@ -217,17 +221,18 @@ def duplicates(
     catalogue: Catalogue,
     max_distance: int = DEFAULT_DUPLICATE_DISTANCE,
     *,
+    algorithm: str = DEFAULT_ALGORITHM,
     strategy: Strategy = "auto",
 ) -> list[DuplicateGroup]:
     """Groups of near-identical images: first the images with the same SHA-256, then clusters
-    of images (one per SHA-256) whose pHashes are linked by distances within ``max_distance``.
-    ``strategy`` forces how the close pairs are found (see ``close_pairs``); all give the
-    same groups."""
+    of images (one per SHA-256) whose pHashes, made by ``algorithm``, are linked by distances
+    within ``max_distance``. ``strategy`` forces how the close pairs are found (see
+    ``close_pairs``); all give the same groups."""
     _check_range("max distance", max_distance, 0, HASH_BITS)
     _check_strategy(strategy)
     with catalogue.engine.connect() as connection:
         exact = _exact_groups(connection)
-        similar_groups = _similar_groups(connection, max_distance, strategy)
+        similar_groups = _similar_groups(connection, max_distance, algorithm, strategy)
     return exact + similar_groups
 
 
@@ -255,9 +260,9 @@ def _exact_groups(connection: sa.Connection) -> list[DuplicateGroup]:
 
 
 def _similar_groups(
-    connection: sa.Connection, max_distance: int, strategy: Strategy
+    connection: sa.Connection, max_distance: int, algorithm: str, strategy: Strategy
 ) -> list[DuplicateGroup]:
-    ids, hashes = _hashes_of_first_copies(connection)
+    ids, hashes = _hashes_of_first_copies(connection, algorithm)
     clusters = sorted(_clusters(hashes, max_distance, strategy), key=lambda rows: int(ids[rows[0]]))
     urls = _urls_and_digests(connection, [int(ids[i]) for rows in clusters for i in rows])
     groups = []
@@ -273,14 +278,21 @@ def _similar_groups(
     return groups
 
 
-def _hashes_of_first_copies(connection: sa.Connection) -> tuple[np.ndarray, np.ndarray]:
-    """Ids (int64) and pHashes (uint64), in id order, of every hashed image, counting images
-    with the same SHA-256 once: exact copies are reported as such, not again as clusters."""
+def _hashes_of_first_copies(
+    connection: sa.Connection, algorithm: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (int64) and pHashes (uint64), in id order, of every image hashed by ``algorithm``,
+    counting images with the same SHA-256 once: exact copies are reported as such, not again
+    as clusters."""
     first = images.alias("first_copy")
     is_first_copy = ~sa.exists().where(first.c.sha256 == images.c.sha256, first.c.id < images.c.id)
     result = connection.execution_options(yield_per=HASH_BATCH).execute(
         sa.select(images.c.id, images.c.phash)
-        .where(images.c.phash.is_not(None), sa.or_(images.c.sha256.is_(None), is_first_copy))
+        .where(
+            images.c.phash.is_not(None),
+            images.c.phash_algorithm == algorithm,
+            sa.or_(images.c.sha256.is_(None), is_first_copy),
+        )
         .order_by(images.c.id)
     )
     # Straight into arrays, a batch at a time: 16 bytes a row instead of a Python row object.

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -264,7 +263,13 @@ def _services_context(
         try:
             async with UpstreamFetcher(settings, policy, pinned) as upstream:
                 limiter = RateLimiter(settings.serve.rate_limit_per_minute)
-                grouping = functools.partial(asyncio.to_thread, duplicates, catalogue)
+                algorithm = settings.extract.hash_algorithm
+
+                async def grouping(max_distance: int) -> list[DuplicateGroup]:
+                    return await asyncio.to_thread(
+                        duplicates, catalogue, max_distance, algorithm=algorithm
+                    )
+
                 groups = DuplicatesCache(grouping)
                 app[SERVICES] = Services(settings, catalogue, upstream, limiter, groups)
                 yield
@@ -474,7 +479,14 @@ async def _similar(request: web.Request) -> web.Response:
     max_distance = _int_param(request, "max_distance", DEFAULT_MAX_DISTANCE, 0, 64)
     limit = _int_param(request, "limit", DEFAULT_SIMILAR_LIMIT, 1, MAX_LIMIT)
     services = request.app[SERVICES]
-    rows = await asyncio.to_thread(similar, services.catalogue, hash_hex, max_distance, limit)
+    rows = await asyncio.to_thread(
+        similar,
+        services.catalogue,
+        hash_hex,
+        max_distance,
+        limit,
+        algorithm=services.settings.extract.hash_algorithm,
+    )
     results = [
         {
             "id": row.id,

@@ -303,3 +303,40 @@ def test_cli_commands(db_url: str) -> None:
     assert err.startswith("Error: bad pHash 'xyz'")
     code, _, err = run_cli(db_url, "show", "https://a.test/missing")
     assert (code, err.startswith("Error: no image")) == (1, True)
+
+
+def test_hashes_of_another_algorithm_are_never_compared(catalogue: Catalogue, db_url: str) -> None:
+    value = 0x63433B3CCF8E1EBE
+    imagehash_row = CrawlResult(
+        "https://a.test/imagehash",
+        "ok",
+        metadata={"pHash": to_hex(value)},
+        hash_algorithm="imagehash",
+    )
+    store_results(
+        catalogue,
+        [
+            hashed("https://a.test/ik-1", value),
+            hashed("https://a.test/ik-2", value ^ 1),
+            imagehash_row,
+        ],
+    )
+    assert [row.url for row in similar(catalogue, value)] == [
+        "https://a.test/ik-1",
+        "https://a.test/ik-2",
+    ]
+    assert [row.url for row in similar(catalogue, value, algorithm="imagehash")] == [
+        "https://a.test/imagehash"
+    ]
+    groups = duplicates(catalogue, 6)
+    assert [[member.url for member in group.members] for group in groups] == [
+        ["https://a.test/ik-1", "https://a.test/ik-2"]
+    ]
+    assert duplicates(catalogue, 6, algorithm="imagehash") == []
+    code, out, _ = run_cli(
+        db_url, "query-similar", to_hex(value), "--hash-algorithm", "imagehash", "--csv"
+    )
+    assert code == 0 and [line.split(",")[0] for line in out.splitlines()] == [
+        "url",
+        "https://a.test/imagehash",
+    ]

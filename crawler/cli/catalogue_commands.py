@@ -16,6 +16,7 @@ from crawler.catalogue import (
     upgrade_catalogue,
 )
 from crawler.cli.common import F, format_option, handle_errors, settings_from
+from crawler.config import HASH_ALGORITHMS
 from crawler.output import to_json, write_rows
 from crawler.query import (
     DEFAULT_DUPLICATE_DISTANCE,
@@ -36,6 +37,18 @@ DUPLICATE_COLUMNS = ("group", "kind", "id", "url", "distance", "phash", "sha256"
 
 def _open(ctx: click.Context) -> Catalogue:
     return open_catalogue(settings_from(ctx).database.url)
+
+
+def _hash_algorithm_option(command: F) -> F:
+    return click.option(
+        "--hash-algorithm",
+        type=click.Choice(HASH_ALGORITHMS),
+        help="Compare only hashes made by this algorithm (default: extract.hash_algorithm).",
+    )(command)
+
+
+def _algorithm(ctx: click.Context, chosen: str | None) -> str:
+    return chosen or settings_from(ctx).extract.hash_algorithm
 
 
 @click.group()
@@ -74,33 +87,44 @@ def _max_distance_option(default: int, meaning: str) -> Callable[[F], F]:
 @click.argument("phash", metavar="HASH")
 @_max_distance_option(DEFAULT_MAX_DISTANCE, "to report")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@_hash_algorithm_option
 @format_option()
 @click.pass_context
 @handle_errors
 def query_similar(
-    ctx: click.Context, phash: str, max_distance: int, limit: int | None, fmt: str
+    ctx: click.Context,
+    phash: str,
+    max_distance: int,
+    limit: int | None,
+    hash_algorithm: str | None,
+    fmt: str,
 ) -> None:
     """Catalogued images whose pHash is within --max-distance bits of HASH, nearest first.
 
     Example: crawler query-similar 63433b3ccf8e1ebe --max-distance 8 --limit 20
     """
     with _open(ctx) as catalogue:
-        rows = similar(catalogue, phash, max_distance, limit)
+        rows = similar(
+            catalogue, phash, max_distance, limit, algorithm=_algorithm(ctx, hash_algorithm)
+        )
     write_rows((dataclasses.asdict(row) for row in rows), SIMILAR_COLUMNS, fmt, sys.stdout)
 
 
 @click.command("duplicates")
 @_max_distance_option(DEFAULT_DUPLICATE_DISTANCE, "that links two images into one group")
+@_hash_algorithm_option
 @format_option()
 @click.pass_context
 @handle_errors
-def duplicates_command(ctx: click.Context, max_distance: int, fmt: str) -> None:
+def duplicates_command(
+    ctx: click.Context, max_distance: int, hash_algorithm: str | None, fmt: str
+) -> None:
     """Groups of near-identical images: same SHA-256 first, then pHash clusters.
 
     Example: crawler duplicates --max-distance 4 --format csv > duplicates.csv
     """
     with _open(ctx) as catalogue:
-        groups = duplicates(catalogue, max_distance)
+        groups = duplicates(catalogue, max_distance, algorithm=_algorithm(ctx, hash_algorithm))
     rows = (
         {"group": number, "kind": group.kind, **dataclasses.asdict(member)}
         for number, group in enumerate(groups, start=1)
