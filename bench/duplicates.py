@@ -38,7 +38,9 @@ def planted_catalogue(rows: int, seed: int) -> tuple[list[CrawlResult], list[lis
         url = f"bench://{len(results)}"
         digest = sha256 or f"{chooser.getrandbits(256):064x}"
         metadata = {"pHash": to_hex(value)}
-        results.append(CrawlResult(url, "ok", sha256=digest, metadata=metadata))
+        results.append(
+            CrawlResult(url, "ok", sha256=digest, metadata=metadata, hash_algorithm="imagekit")
+        )
         return url
 
     while len(results) < rows:

@@ -24,13 +24,14 @@ import numpy as np
 import sqlalchemy as sa
 
 from crawler.catalogue import Catalogue, open_catalogue
+from crawler.config import DEFAULT_HASH_ALGORITHM
 from crawler.models import CHUNK_COLUMNS, images, phash_chunks
 from crawler.query import similar
 
 DATA = Path(__file__).resolve().parent / ".data"
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LOAD_BATCH = 100_000
-COLUMNS = ("url", "status", "first_seen_at", "phash", *CHUNK_COLUMNS)
+COLUMNS = ("url", "status", "first_seen_at", "phash_algorithm", "phash", *CHUNK_COLUMNS)
 
 
 def random_hashes(count: int, seed: int) -> np.ndarray:
@@ -60,7 +61,7 @@ def recreate(dialect: str, url: str) -> None:
 
 def rows_of(hashes: np.ndarray, start: int, now: datetime) -> list[tuple]:
     return [
-        (f"bench://{start + i}", "ok", now, value, *phash_chunks(value))
+        (f"bench://{start + i}", "ok", now, DEFAULT_HASH_ALGORITHM, value, *phash_chunks(value))
         for i, value in enumerate(hashes.tolist())
     ]
 
