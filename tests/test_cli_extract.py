@@ -64,7 +64,7 @@ def test_extract_jsonl_prints_a_line_per_input_and_fails_on_a_bad_one(tmp_path: 
     errors = err.splitlines()
     assert len(errors) == 2
     assert str(not_an_image) in errors[0] and errors[0].startswith("Error: ")
-    assert errors[1] == f"Error: {missing}: no such file"
+    assert errors[1] == f"Error: {missing.as_uri()}: no such file"
 
 
 def test_extract_a_url_from_a_server_and_a_file_url() -> None:
