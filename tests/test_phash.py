@@ -7,13 +7,15 @@ import time
 from typing import Any
 
 import imagehash
+import numpy as np
 import pytest
+import pyvips
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from crawler.errors import ConfigError, DecodeError, HashFormatError, ImageError
-from crawler.extract.image import read_header
+from crawler.extract.image import decode_jpeg_as_libvips, load_vips, read_header
 from crawler.extract.phash import (
     compute,
     distance,
@@ -80,6 +82,29 @@ def test_formats_sharp_cannot_hash_get_the_hash_of_the_same_picture(
     # sharp has no HEVC decoder and no BMP loader; the pictures are the same as the references'
     reference = next(r["pHash"] for r in FIXTURE_REFERENCES if r["file"] == same_picture)
     assert distance(imagekit_hex((IMAGES / name).read_bytes()), reference) <= 2
+
+
+@pytest.mark.parametrize("shrink", [1, 2, 4, 8])
+def test_pillow_decodes_corpus_jpegs_to_the_pixels_libvips_gives(shrink: int) -> None:
+    # The pHash takes JPEG pixels from Pillow for speed; a hash hides small pixel differences,
+    # so compare the pixels themselves (a Pillow or libvips upgrade could change either).
+    require_shared()
+    compared = 0
+    for path in sorted(CORPUS.rglob("*.jp*g")):
+        data = path.read_bytes()
+        try:
+            header = read_header(data, pixel_limit=PIXEL_LIMIT)
+            libvips = load_vips(data, "jpg", shrink=shrink).write_to_memory()
+        except ImageError:
+            continue
+        except pyvips.Error:  # libvips cannot decode the pixels: hashed another way
+            continue
+        picture = decode_jpeg_as_libvips(data, header, shrink)
+        if picture is None:
+            continue
+        assert np.asarray(picture).tobytes() == libvips, path.name
+        compared += 1
+    assert compared >= 85
 
 
 def test_corpus_heic_is_hashed() -> None:

@@ -16,6 +16,7 @@ from crawler.errors import ConfigError, DecodeError, HashFormatError
 from crawler.extract.image import (
     VIPS_FORMATS,
     ImageHeader,
+    decode_jpeg_as_libvips,
     decode_with_pillow,
     load_vips,
     vips_errors,
@@ -73,15 +74,16 @@ _SIXTEEN_BIT: Final = frozenset({"rgb16", "grey16"})
 # Where Pillow decodes what libvips cannot: HEVC (pillow-heif has libde265) and JPEG data
 # libvips gives up on. Elsewhere Pillow adds nothing but libtiff's noise on stderr.
 _PILLOW_FALLBACK_FORMATS: Final = frozenset({"jpg", "heif"})
-# sharp's CalculateExifRotationAndFlop: orientation -> (rotation, mirror left-right after it)
+# sharp's CalculateExifRotationAndFlop: orientation -> (clockwise quarter turns, mirror
+# left-right after them)
 _EXIF_ROTATION: Final = {
-    2: ("d0", True),
-    3: ("d180", False),
-    4: ("d180", True),
-    5: ("d90", True),
-    6: ("d90", False),
-    7: ("d270", True),
-    8: ("d270", False),
+    2: (0, True),
+    3: (2, False),
+    4: (2, True),
+    5: (1, True),
+    6: (1, False),
+    7: (3, True),
+    8: (3, False),
 }
 # sharp-phash's COS[k][n] = cos((2k + 1) / (2N) * n * pi) for the columns n = 1..8 it uses.
 # JavaScript's Math.cos (V8's fdlibm port) rounds these arguments one ulp away from the C
@@ -108,6 +110,11 @@ _LOW_COS: Final = np.array(
         ]
         for k in range(_SAMPLE_SIZE)
     ]
+)
+# COS[i][u] * COS[j][v] for each low coefficient (u, v) (rows) and sample (i, j) (columns):
+# the first factor of every DCT term, as sharp-phash computes it.
+_COS_PRODUCTS: Final = (_LOW_COS.T[:, None, :, None] * _LOW_COS.T[None, :, None, :]).reshape(
+    _LOW_SIZE * _LOW_SIZE, _SAMPLE_SIZE * _SAMPLE_SIZE
 )
 
 
@@ -161,7 +168,13 @@ def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
 
 def _greyscale_32_via_vips(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
     """The 32 x 32 greyscale samples sharp hands to sharp-phash, through libvips."""
-    image = load_vips(data, header.format, where, **_shrink_on_load(header))
+    load_options = _shrink_on_load(header)
+    image = None
+    if header.format == "jpg":
+        picture = decode_jpeg_as_libvips(data, header, load_options.get("shrink", 1))
+        image = None if picture is None else _vips_from_pillow(picture)
+    if image is None:
+        image = load_vips(data, header.format, where, **load_options)
     with vips_errors(header.format, where, "pixels"):
         return _sharp_pipeline(image, header.orientation)
 
@@ -172,7 +185,7 @@ def _greyscale_32_via_pillow(data: bytes, header: ImageHeader, where: str) -> np
         return _sharp_pipeline(_vips_from_pillow(picture), orientation=1)
 
 
-def _shrink_on_load(header: ImageHeader) -> dict[str, float]:
+def _shrink_on_load(header: ImageHeader) -> dict[str, int | float]:
     """sharp's loader options for a 32 x 32 target with fastShrinkOnLoad (its default)."""
     shrink = min(header.width / _SAMPLE_SIZE, header.height / _SAMPLE_SIZE)
     if header.format == "jpg":
@@ -198,9 +211,14 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
         image = image.premultiply().cast(band_format)
     if hshrink != 1.0 or vshrink != 1.0:
         image = image.resize(1.0 / hshrink, vscale=1.0 / vshrink, kernel="lanczos3")
-    rotation, mirror = _EXIF_ROTATION.get(orientation, ("d0", False))
-    if rotation != "d0":
-        image = image.rot(rotation)
+    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
+    if not has_alpha and image.bands == 1 and image.format == "uchar":
+        # Already the 8-bit grey sharp hands over; turning 32 x 32 samples in numpy saves
+        # the cost of three more libvips operations.
+        samples = np.rot90(_samples(image), -quarter_turns)
+        return samples[:, ::-1] if mirror else samples
+    if quarter_turns:
+        image = image.rot(f"d{90 * quarter_turns}")
     if mirror:
         image = image.fliphor()
     if has_alpha:
@@ -209,7 +227,10 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
         image = image.cast("ushort")
     if image.interpretation != "srgb":
         image = image.colourspace("srgb", source_space=image.interpretation)
-    grey = image[0].cast("uchar")
+    return _samples(image[0].cast("uchar"))
+
+
+def _samples(grey: pyvips.Image) -> np.ndarray:
     return np.frombuffer(grey.write_to_memory(), dtype=np.uint8).reshape(_SAMPLE_SIZE, _SAMPLE_SIZE)
 
 
@@ -256,12 +277,10 @@ def _dct_hash(samples: np.ndarray) -> int:
     The same terms are summed in the same order here (cumsum is sequential), so ties break
     as they do in JavaScript.
     """
-    signal = samples.T.astype(np.float64)
-    # terms[u, v, i, j] = (COS[i][u] * COS[j][v]) * f[i][j]
-    cos_u = _LOW_COS.T[:, None, :, None]
-    cos_v = _LOW_COS.T[None, :, None, :]
-    terms = (cos_u * cos_v) * signal[None, None, :, :]
-    sums = np.cumsum(terms.reshape(_LOW_SIZE * _LOW_SIZE, -1), axis=1)[:, -1]
+    signal = samples.T.astype(np.float64).reshape(1, -1)
+    # terms[u * 8 + v, i * 32 + j] = (COS[i][u] * COS[j][v]) * f[i][j]
+    terms = _COS_PRODUCTS * signal
+    sums = np.cumsum(terms, axis=1)[:, -1]
     coefficients = sums * 0.25  # (SQRT[u] * SQRT[v]) / 4 with u, v >= 1
     mean = float(np.cumsum(coefficients)[-1]) / (_LOW_SIZE * _LOW_SIZE)
     value = 0
