@@ -19,10 +19,8 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import Settings
 from crawler.errors import CrawlerError, SourceError
-from crawler.extraction_pool import extract_in_worker, pool_size, start_pool
+from crawler.extraction_pool import ExtractionPool, ExtractionProcessDied, pool_size
 from crawler.fetch import Fetched, Fetcher, FetchError, UrlCheck
 from crawler.frontier import (
     Claim,
@@ -50,7 +48,7 @@ from crawler.store import CrawlResult, store_results
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0  # longest a finished result waits in memory before it is stored
-IDLE_POLL_SECONDS = 0.2  # how often to look for work while the seeder is still adding it
+IDLE_POLL_SECONDS = 0.2  # longest wait for work while the seeder is still adding it
 
 
 @dataclass(frozen=True)
@@ -161,20 +159,25 @@ class _Crawl:
         self._by_reason: Counter[str] = Counter()
         self._stopping = False
         self._seeding_done = asyncio.Event()
+        self._seeds_stored = asyncio.Event()  # set by each batch of seeds, and at the end
         self._work: asyncio.Queue[Claim | None] = asyncio.Queue(self._crawl.concurrency)
         self._results: asyncio.Queue[CrawlResult | _NotModified | None] = asyncio.Queue(
             self._crawl.batch_size * 2
         )
         self._unstarted: list[str] = []
-        self._pool: ProcessPoolExecutor | None = None
 
     async def run(self) -> CrawlSummary:
+        # Made first: its processes load the extraction code while the catalogue opens.
+        pool = ExtractionPool(pool_size(self._crawl.extract_workers), self._settings.extract)
         catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
         try:
             await asyncio.to_thread(release_dead_claims, catalogue, self._worker_id)
-            with self._signals_handled(), self._extraction_pool():
-                async with Fetcher(self._crawl, check_url=self._options.check_url) as fetcher:
-                    report = await self._pipeline(catalogue, fetcher)
+            with self._signals_handled():
+                async with (
+                    pool,
+                    Fetcher(self._crawl, check_url=self._options.check_url) as fetcher,
+                ):
+                    report = await self._pipeline(catalogue, fetcher, pool)
         finally:
             await asyncio.to_thread(release, catalogue, self._worker_id)
             catalogue.close()
@@ -192,11 +195,14 @@ class _Crawl:
             interrupted=self._stopping,
         )
 
-    async def _pipeline(self, catalogue: Catalogue, fetcher: Fetcher) -> SeedingReport:
+    async def _pipeline(
+        self, catalogue: Catalogue, fetcher: Fetcher, pool: ExtractionPool
+    ) -> SeedingReport:
         seeder = asyncio.create_task(self._seed(catalogue))
         writer = asyncio.create_task(self._write(catalogue))
         workers = [
-            asyncio.create_task(self._fetch_worker(fetcher)) for _ in range(self._crawl.concurrency)
+            asyncio.create_task(self._fetch_worker(fetcher, pool))
+            for _ in range(self._crawl.concurrency)
         ]
         try:
             await self._feed(catalogue)
@@ -214,6 +220,7 @@ class _Crawl:
         requeue = (("failed",) if self._options.retry_failed else ()) + (
             ("ok",) if self._options.refresh else ()
         )
+        loop = asyncio.get_running_loop()
         try:
             report = await asyncio.to_thread(
                 add_seeds,
@@ -222,12 +229,14 @@ class _Crawl:
                 requeue=requeue,
                 run_started=utc_now(),
                 should_stop=lambda: self._stopping,
+                batch_stored=lambda: loop.call_soon_threadsafe(self._seeds_stored.set),
             )
         except BaseException:
             self._stopping = True  # drain what is in flight, then report the error
             raise
         finally:
             self._seeding_done.set()
+            self._seeds_stored.set()
         claimable = await asyncio.to_thread(
             count_claimable, catalogue, self._worker_id, self._crawl.claim_timeout
         )
@@ -236,33 +245,40 @@ class _Crawl:
         return report
 
     async def _feed(self, catalogue: Catalogue) -> None:
-        """Claim pending rows into the work queue until there are none left, or a stop."""
+        """Claim pending rows into the work queue until there are none left, or a stop.
+
+        The queue is nearly always full, so claiming only the room left in it would claim
+        one row per statement: claim a batch and hand it over one row at a time instead.
+        """
+        batch = min(self._crawl.batch_size, self._crawl.concurrency)
+        claimed: deque[Claim] = deque()
         while not self._stopping:
             seeding_was_done = self._seeding_done.is_set()
-            room = max(1, self._work.maxsize - self._work.qsize())
-            claims = await asyncio.to_thread(
-                claim,
-                catalogue,
-                self._worker_id,
-                min(room, self._crawl.batch_size),
-                self._crawl.claim_timeout,
+            self._seeds_stored.clear()  # before claiming: no batch stored after is missed
+            claimed.extend(
+                await asyncio.to_thread(
+                    claim, catalogue, self._worker_id, batch, self._crawl.claim_timeout
+                )
             )
-            for item in claims:
-                await self._work.put(item)
-            if not claims:
+            if not claimed:
                 if seeding_was_done:
                     break
-                await asyncio.sleep(IDLE_POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._seeds_stored.wait(), IDLE_POLL_SECONDS)
+            while claimed and not self._stopping:
+                await self._work.put(claimed[0])
+                claimed.popleft()
+        self._unstarted += [item.url for item in claimed]
         for _ in range(self._crawl.concurrency):
             await self._work.put(None)
 
-    async def _fetch_worker(self, fetcher: Fetcher) -> None:
+    async def _fetch_worker(self, fetcher: Fetcher, pool: ExtractionPool) -> None:
         while (item := await self._work.get()) is not None:
             if self._stopping:
                 self._unstarted.append(item.url)
                 continue
             try:
-                result = await self._process(fetcher, item)
+                result = await self._process(fetcher, pool, item)
             except Exception as exc:  # a bug must fail one URL, not the crawl
                 log.exception("crawling %s failed unexpectedly", item.url)
                 result = CrawlResult(
@@ -274,7 +290,9 @@ class _Crawl:
                 )
             await self._results.put(result)
 
-    async def _process(self, fetcher: Fetcher, item: Claim) -> CrawlResult | _NotModified:
+    async def _process(
+        self, fetcher: Fetcher, pool: ExtractionPool, item: Claim
+    ) -> CrawlResult | _NotModified:
         fetched_at = utc_now()
         try:
             fetched = await fetcher.fetch(item.url, item.validators)
@@ -292,8 +310,8 @@ class _Crawl:
             return CrawlResult(item.url, "failed", exc.reason, str(exc), fetched_at=fetched_at)
         if fetched.not_modified:
             return _NotModified(item.url)
-        self._progress.bytes += len(fetched.data)
-        outcome = await self._extract(fetched)
+        self._progress.bytes += fetched.size
+        outcome = await self._extract(pool, fetched)
         return CrawlResult(
             url=item.url,
             status="failed" if "reason" in outcome else "ok",
@@ -311,18 +329,11 @@ class _Crawl:
             warnings=outcome.get("warnings", ()),
         )
 
-    async def _extract(self, fetched: Fetched) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        pool = self._pool
+    async def _extract(self, pool: ExtractionPool, fetched: Fetched) -> dict[str, Any]:
         try:
-            return await loop.run_in_executor(
-                pool, extract_in_worker, fetched.data, fetched.url, self._settings.extract
-            )
-        except BrokenProcessPool:
-            log.error("an extraction process died on %s; starting a new pool", fetched.url)
-            if pool is self._pool and pool is not None:
-                pool.shutdown(wait=False)
-                self._pool = start_pool(pool_size(self._crawl.extract_workers))
+            return await pool.extract(fetched.chunks, fetched.url)
+        except ExtractionProcessDied:
+            log.error("%s: its extraction process died (on it or the image before)", fetched.url)
             return {
                 "sha256": hashlib.sha256(fetched.data).hexdigest(),
                 "reason": "extract_crashed",
@@ -369,14 +380,6 @@ class _Crawl:
             self._by_reason[reason] += 1
         self._progress.stored += 1
         setattr(self._progress, status, getattr(self._progress, status) + 1)
-
-    @contextlib.contextmanager
-    def _extraction_pool(self) -> Iterator[None]:
-        self._pool = start_pool(pool_size(self._crawl.extract_workers))
-        try:
-            yield
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
     @contextlib.contextmanager
     def _signals_handled(self) -> Iterator[None]:

@@ -15,6 +15,7 @@ disallow, which is *skipped* with reason ``robots``.
 import asyncio
 import dataclasses
 import email.utils
+import functools
 import logging
 import random
 import time
@@ -100,16 +101,28 @@ class Validators:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A successful fetch: the image bytes, or ``not_modified`` with no bytes after a 304."""
+    """A successful fetch: the image bytes, or ``not_modified`` with no bytes after a 304.
+
+    The body is kept as it arrived, in chunks: the crawl writes them straight into the
+    memory its extraction processes read, and never pays for joining them.
+    """
 
     url: str
     final_url: str
-    data: bytes
+    chunks: tuple[bytes, ...]
     http_status: int | None = None
     etag: str | None = None
     last_modified: str | None = None
     content_type: str | None = None
     not_modified: bool = False
+
+    @functools.cached_property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @functools.cached_property
+    def size(self) -> int:
+        return sum(map(len, self.chunks))
 
 
 @dataclass(frozen=True)
@@ -312,7 +325,7 @@ class Fetcher:
         path = local_path(url)
         if path is not None:
             data = await self._read_local(url, path)
-            return Fetched(url=url, final_url=url, data=data)
+            return Fetched(url=url, final_url=url, chunks=(data,))
         return await self._fetch_web(url, validators or Validators())
 
     async def _read_local(self, url: str, path: Path) -> bytes:
@@ -421,7 +434,7 @@ class Fetcher:
         return Fetched(
             url=str(url),
             final_url=str(url),
-            data=b"" if not_modified else await self._read_body(url, response),
+            chunks=() if not_modified else await self._read_body(url, response),
             http_status=status,
             etag=response.headers.get(hdrs.ETAG),
             last_modified=response.headers.get(hdrs.LAST_MODIFIED),
@@ -429,8 +442,8 @@ class Fetcher:
             not_modified=not_modified,
         )
 
-    async def _read_body(self, url: URL, response: aiohttp.ClientResponse) -> bytes:
-        """The body, refused as soon as its length or its first bytes disqualify it."""
+    async def _read_body(self, url: URL, response: aiohttp.ClientResponse) -> tuple[bytes, ...]:
+        """The body's chunks, refused as soon as its length or its first bytes disqualify it."""
         limit = self._settings.max_size
         declared = response.content_length
         if declared is not None and declared > limit:
@@ -442,20 +455,15 @@ class Fetcher:
             exc.http_status = response.status
             response.close()  # do not download the rest
             raise
-        if declared is not None:
-            # aiohttp stops at Content-Length. Joining the chunks once copies the body once;
-            # ``head + content.read()`` copied it twice.
-            chunks = [head]
-            while chunk := await response.content.readany():
-                chunks.append(chunk)
-            return b"".join(chunks)
-        body = bytearray(head)
-        while len(body) <= limit and (chunk := await response.content.readany()):
-            body += chunk
-        if len(body) > limit:
+        chunks = [head]
+        size = len(head)
+        while size <= limit and (chunk := await response.content.readany()):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # only without Content-Length: aiohttp stops there
             response.close()  # abandon the rest of the download
             raise _too_large(str(url), limit, response.status)
-        return bytes(body)
+        return tuple(chunks)
 
     async def _fetch_robots_text(self, url: URL) -> tuple[int, str]:
         """robots.txt, following up to ``ROBOTS_REDIRECTS`` redirects by hand, each hop

@@ -65,11 +65,13 @@ def add_seeds(
     requeue: Sequence[str] = (),
     run_started: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    batch_stored: Callable[[], None] = lambda: None,
 ) -> SeedingReport:
     """Insert ``seeds`` as pending rows (bad ones as failed, reason ``bad_url``), in batches.
 
     Rows of these seeds whose status is in ``requeue`` and that were last updated before
     ``run_started`` go back to pending. Stops early when ``should_stop()`` turns true.
+    ``batch_stored()`` is called after each batch is committed.
     """
     total = requeued = 0
     added: list[str] = []
@@ -80,6 +82,7 @@ def add_seeds(
             added += _insert_seeds(connection, catalogue.dialect, batch)
             if requeue:
                 requeued += _requeue(connection, batch, requeue, run_started or utc_now())
+        batch_stored()
     return SeedingReport(
         seeds=total, added=len(added), invalid=added.count("failed"), requeued=requeued
     )

@@ -209,12 +209,18 @@ def wait_for_ok_rows(db_url: str, at_least: int, process: subprocess.Popen[str])
     pytest.fail(f"the crawl did not store {at_least} rows in time (exit {process.poll()})")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux /proc)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children + [grandchild for child in children for grandchild in descendants(child)]
+    """Every process below ``pid``."""
+    return [process for child in children(pid) for process in (child, *descendants(child))]
 
 
 def wait_until(condition: Callable[[], bool], seconds: float) -> None:
@@ -279,6 +285,24 @@ def test_interrupt_drains_in_flight_work_and_saves_it(
     subprocess.run(command, check=True, timeout=120, stdout=subprocess.DEVNULL)
     assert {row.status for row in stored_rows(db_url).values()} == {"ok"}
     assert all(server.hits[url.removeprefix(server.base)] == 1 for url in urls)
+
+
+def test_a_dead_extraction_process_costs_at_most_the_images_it_held(
+    config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    seeds, urls = slow_seeds(server, tmp_path / "seeds.txt", 40)
+    process = subprocess.Popen(crawl_command(config, db_url, seeds, "--quiet"), text=True)
+    wait_for_ok_rows(db_url, 4, process)
+    # The extraction processes are the fork server's children.
+    (extraction,) = [pid for child in children(process.pid) for pid in children(child)]
+    os.kill(extraction, signal.SIGKILL)
+
+    assert process.wait(timeout=120) == 0
+    rows = stored_rows(db_url)
+    assert sorted(rows) == sorted(urls)
+    lost = [row.reason for row in rows.values() if row.status != "ok"]
+    assert lost in ([], ["extract_crashed"], ["extract_crashed"] * 2)
 
 
 @pytest.mark.postgres
