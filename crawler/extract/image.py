@@ -225,6 +225,7 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
     (decode with libvips instead) where Pillow could differ or fails: CMYK/YCCK, a colour
     profile only one of them reads, damaged data. Orientation is not applied.
     """
+    libvips_size = (header.width // shrink, header.height // shrink)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -237,11 +238,10 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
                 return None
             if shrink > 1:
                 # Pillow picks the largest libjpeg scale that keeps this size: exactly ``shrink``.
-                picture.draft(picture.mode, (header.width // shrink, header.height // shrink))
+                picture.draft(picture.mode, libvips_size)
             picture.load()
     except (Image.DecompressionBombError, UnidentifiedImageError, *_PILLOW_ERRORS):
         return None
-    libvips_size = (header.width // shrink, header.height // shrink)
     return picture if picture.size == libvips_size else picture.crop((0, 0, *libvips_size))
 
 

@@ -169,11 +169,12 @@ def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
 def _greyscale_32_via_vips(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
     """The 32 x 32 greyscale samples sharp hands to sharp-phash, through libvips."""
     load_options = _shrink_on_load(header)
-    image = None
+    picture = None
     if header.format == "jpg":
-        picture = decode_jpeg_as_libvips(data, header, load_options.get("shrink", 1))
-        image = None if picture is None else _vips_from_pillow(picture)
-    if image is None:
+        picture = decode_jpeg_as_libvips(data, header, int(load_options.get("shrink", 1)))
+    if picture is not None:
+        image = _vips_from_pillow(picture)
+    else:
         image = load_vips(data, header.format, where, **load_options)
     with vips_errors(header.format, where, "pixels"):
         return _sharp_pipeline(image, header.orientation)
