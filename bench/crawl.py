@@ -5,13 +5,16 @@
 1. Makes ``--count`` photo-sized JPEGs (random 8-12 megapixel crops of the corpus' camera
    photos, EXIF kept) under bench/.data/photos/ (cached; gitignored).
 2. Measures the single-core extraction rate: ``crawler.extract.extract`` in one process
-   over bytes already in memory, right before and right after each crawl (the mean counts).
+   over bytes already in memory, before, between and after the crawls.
 3. Serves the photos from a separate process on 127.0.0.1 and runs `crawler run` on a
-   fresh catalogue, sampling the RSS and PSS of the crawler and all its child processes.
+   fresh catalogue ``--repeat`` times, sampling the RSS and CPU time of the crawler and all
+   its child processes. Each crawl is compared with the mean of the baselines right before
+   and right after it (the VM's speed drifts by 10-20% within minutes); the median of these
+   ratios is the result.
    The server is a minimal HTTP/1.1 one (keep-alive, blocking sendfile), not aiohttp's
    static files: it shares the cores with the crawler, unlike a real remote server, and
    aiohttp's took ~1.9 ms of CPU per photo from the crawl (this one ~0.3-0.5 ms).
-4. Runs it again with a ``--lines``-line seed list: the same photos, each URL repeated with
+4. Runs it once more with a ``--lines``-line seed list: the same photos, each URL repeated with
    different #fragments (equal after normalisation), so seeding streams a big file while
    the crawl itself stays the same size.
 
@@ -25,6 +28,7 @@ import json
 import os
 import random
 import socketserver
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,13 +152,17 @@ class _PhotoHandler(socketserver.StreamRequestHandler):
 
 
 class TreeMemory:
-    """Peak RSS and PSS (MB) of a process and all its descendants, and the CPU seconds they
-    used, sampled in a thread."""
+    """Peak RSS (MB) of a process and all its descendants, and the CPU seconds they used,
+    sampled in a thread.
+
+    Not PSS: reading /proc/PID/smaps_rollup walks a process's page tables under its memory
+    lock, which its own page faults and mmap calls then wait for; sampling it four times a
+    second made the crawl measured here ~10% slower.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_rss = 0.0
-        self.peak_pss = 0.0
         self.peak_processes = 0
         self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
@@ -172,9 +180,7 @@ class TreeMemory:
         while not self._stop.wait(SAMPLE_SECONDS):
             pids = [self.pid, *descendants(self.pid)]
             rss = sum(_kilobytes(f"/proc/{pid}/status", "VmRSS:") for pid in pids) / 1024
-            pss = sum(_kilobytes(f"/proc/{pid}/smaps_rollup", "Pss:") for pid in pids) / 1024
             self.peak_rss = max(self.peak_rss, rss)
-            self.peak_pss = max(self.peak_pss, pss)
             self.peak_processes = max(self.peak_processes, len(pids))
             for pid in pids:
                 self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
@@ -247,7 +253,6 @@ def crawl(seeds: Path, database_url: str, extra: list[str]) -> dict[str, Any]:
         ),
         "load_average": round(os.getloadavg()[0], 1),
         "peak_rss_mb": round(memory.peak_rss),
-        "peak_pss_mb": round(memory.peak_pss),
         "processes": memory.peak_processes,
     }
 
@@ -293,6 +298,7 @@ def write_seeds(path: Path, urls: list[str], lines: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="photos to crawl")
+    parser.add_argument("--repeat", type=int, default=3, help="crawls of the photos' list")
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines of the big list")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--serve", nargs=2, metavar=("DIR", "PORT_FILE"), help=argparse.SUPPRESS)
@@ -313,29 +319,51 @@ def main() -> None:
                 time.sleep(0.05)
             base = f"http://127.0.0.1:{port_file.read_text()}/photos/"
             urls = [base + path.name for path in photos]
-            results: dict[str, Any] = {"cores": os.cpu_count()}
-            runs = (("seed list", len(urls)), ("big seed list", args.lines))
-            for number, (label, lines) in enumerate(runs):
-                seeds = write_seeds(scratch / f"{number}.txt", urls, lines)
-                database = fresh_database(args.database, scratch, f"run{number}")
-                # The machine's speed drifts from minute to minute: measure the baseline
-                # right before and right after the crawl, and compare with their mean.
-                before = single_core_rate(photos)
-                try:
-                    result = crawl(seeds, database, ["--per-host", "8"])
-                finally:
-                    drop_database(database)
-                after = single_core_rate(photos)
-                single, single_cpu = ((b + a) / 2 for b, a in zip(before, after, strict=True))
-                result["single_core_per_second"] = round(single, 2)
-                result["single_core_per_cpu_second"] = round(single_cpu, 2)
-                result["speedup_vs_single_core"] = round(result["images_per_second"] / single, 2)
-                results[f"{label} ({lines} lines)"] = result
-                print(label, json.dumps(result), flush=True)
+            runs = [("seed list", len(urls))] * args.repeat + [("big seed list", args.lines)]
+            results = measure(runs, urls, photos, scratch, args.database)
         finally:
             server.terminate()
             server.wait()
     print(json.dumps(results, indent=2))
+
+
+def measure(
+    runs: list[tuple[str, int]], urls: list[str], photos: list[Path], scratch: Path, kind: str
+) -> dict[str, Any]:
+    """Crawl each of ``runs`` (label, lines of its seed list) with the single-core baseline
+    measured before, between and after them."""
+    results: dict[str, Any] = {"cores": os.cpu_count(), "runs": []}
+    before = single_core_rate(photos)
+    for number, (label, lines) in enumerate(runs):
+        seeds = write_seeds(scratch / f"{number}.txt", urls, lines)
+        database = fresh_database(kind, scratch, f"run{number}")
+        try:
+            result = {
+                "run": f"{label} ({lines} lines)",
+                **crawl(seeds, database, ["--per-host", "8"]),
+            }
+        finally:
+            drop_database(database)
+        after = single_core_rate(photos)
+        single, single_cpu = ((b + a) / 2 for b, a in zip(before, after, strict=True))
+        result["single_core_per_second"] = round(single, 2)
+        result["single_core_per_cpu_second"] = round(single_cpu, 2)
+        result["speedup_vs_single_core"] = round(result["images_per_second"] / single, 2)
+        results["runs"].append(result)
+        print(json.dumps(result), flush=True)
+        before = after
+    speedups = [
+        run["speedup_vs_single_core"]
+        for run in results["runs"]
+        if run["run"].startswith("seed list")
+    ]
+    if speedups:
+        results["speedup_of_seed_list_runs"] = {
+            "min": min(speedups),
+            "median": statistics.median(speedups),
+            "max": max(speedups),
+        }
+    return results
 
 
 if __name__ == "__main__":

@@ -457,7 +457,7 @@ class Fetcher:
             raise
         chunks = [head]
         size = len(head)
-        while size <= limit and (chunk := await response.content.readany()):
+        while size <= limit and (chunk := await _next_chunk(response)):
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:  # only without Content-Length: aiohttp stops there
@@ -517,9 +517,18 @@ def _too_large(url: str, limit: int, http_status: int | None = None) -> FetchErr
 async def _read_head(response: aiohttp.ClientResponse) -> bytes:
     """At least the first ``SNIFF_SIZE`` bytes of the body (all of it if it is shorter)."""
     head = b""
-    while len(head) < SNIFF_SIZE and (chunk := await response.content.readany()):
+    while len(head) < SNIFF_SIZE and (chunk := await _next_chunk(response)):
         head += chunk
     return head
+
+
+async def _next_chunk(response: aiohttp.ClientResponse) -> bytes:
+    """The next piece of the body as it arrived, b"" at its end. Not ``readany()``, which
+    joins everything buffered into new bytes: a copy of the whole body."""
+    while True:
+        data, end_of_http_chunk = await response.content.readchunk()
+        if data or not end_of_http_chunk:
+            return data
 
 
 def _require_image(url: str, data: bytes, content_type: str | None = None) -> None:

@@ -82,6 +82,7 @@ class FaultServer:
         app.router.add_get("/unavailable", self._unavailable)
         app.router.add_get("/reset/{name}", self._reset)
         app.router.add_get("/slow/{name}", self._stall)
+        app.router.add_get("/chunked/{name}", self._chunked)
         app.router.add_get("/huge", self._endless)
         app.router.add_get("/declared-huge", self._declared_huge)
         app.router.add_get("/html-as-jpeg", self._html_as_jpeg)
@@ -149,6 +150,17 @@ class FaultServer:
         await response.prepare(request)
         await response.write(self.files[request.match_info["name"]][:100])
         await asyncio.sleep(3600)
+        return response
+
+    async def _chunked(self, request: web.Request) -> web.StreamResponse:
+        """The file in HTTP chunks of 1,000 bytes, with no Content-Length."""
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        body = self.files[request.match_info["name"]]
+        for start in range(0, len(body), 1000):
+            await response.write(body[start : start + 1000])
+        await response.write_eof()
         return response
 
     async def _endless(self, request: web.Request) -> web.StreamResponse:

@@ -56,6 +56,12 @@ async def test_image_is_fetched_with_its_validators(server: FaultServer) -> None
     assert fetched.content_type == "image/jpeg"
 
 
+async def test_a_chunked_body_arrives_whole(server: FaultServer) -> None:
+    fetched = await fetch(server.url("/chunked/a.jpg"))
+    assert fetched.data == JPEG
+    assert len(fetched.chunks) > 1  # kept as it arrived, not joined on the way
+
+
 async def test_404_fails_at_once(server: FaultServer) -> None:
     error = await fetch_error(server.url("/missing"))
     assert (error.reason, error.http_status) == ("http_404", 404)
