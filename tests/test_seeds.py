@@ -5,12 +5,21 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crawler.catalogue import open_catalogue
 from crawler.errors import SourceError
 from crawler.frontier import add_seeds
 from crawler.models import images
-from crawler.seeds import Seed, SeedError, iter_seeds, normalise_url
+from crawler.seeds import (
+    _CANONICAL_WEB_URL,
+    Seed,
+    SeedError,
+    _normalise_parsed,
+    iter_seeds,
+    normalise_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,6 +44,18 @@ def test_plain_paths_become_absolute_file_urls(
     monkeypatch.chdir(tmp_path)
     assert normalise_url("images/a b.jpg") == (tmp_path / "images" / "a b.jpg").as_uri()
     assert normalise_url("./images/../images/a.jpg") == (tmp_path / "images" / "a.jpg").as_uri()
+
+
+@settings(max_examples=300)
+@given(st.from_regex(_CANONICAL_WEB_URL, fullmatch=True))
+def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
+    try:
+        parsed = _normalise_parsed(seed)
+    except SeedError:
+        with pytest.raises(SeedError):
+            normalise_url(seed)
+    else:
+        assert normalise_url(seed) == parsed
 
 
 @pytest.mark.parametrize("seed", ["ftp://example.com/a.jpg", "http:///a.jpg", "mailto://x"])
