@@ -411,7 +411,7 @@ class Fetcher:
         if status in REDIRECT_STATUSES and hdrs.LOCATION in response.headers:
             location = response.headers[hdrs.LOCATION]
             try:
-                return _Redirect(url.join(URL(location)))
+                return _Redirect(_redirect_target(url, location))
             except ValueError:
                 raise FetchError(
                     f"{url}: redirect to an invalid URL {location!r}",
@@ -512,6 +512,14 @@ def _too_large(url: str, limit: int, http_status: int | None = None) -> FetchErr
         http_status=http_status,
         status=413,
     )
+
+
+def _redirect_target(url: URL, location: str) -> URL:
+    """``location`` resolved against ``url``. Raises ValueError if it is not a usable URL,
+    a host that is not valid IDNA included (yarl decodes the host only when asked)."""
+    target = url.join(URL(location))
+    _ = target.host
+    return target
 
 
 async def _read_head(response: aiohttp.ClientResponse) -> bytes:

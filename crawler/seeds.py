@@ -36,16 +36,18 @@ IMAGE_SUFFIXES = frozenset(
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-# A web URL that is canonical already, but for a fragment: lower-case host, a port that is
-# not the default, path segments and query of unreserved characters only (no dot segments,
-# no percent-encoding). Most seed lines look like this and then need no parsing: yarl
-# costs ~6 us a line, a minute of CPU for a 10-million-line list. Anything else, or a port
-# that needs checking, goes through yarl.
+# A web URL that is canonical already, but for a fragment: lower-case host (no IDNA labels,
+# which must be checked), a port that is not the default, path segments and query of
+# unreserved characters only (no dot segments, no percent-encoding). Most seed lines look
+# like this and then need no parsing: yarl costs ~6 us a line, a minute of CPU for a
+# 10-million-line list. Anything else, or a port that needs checking, goes through yarl.
+_LABEL = r"(?!xn--)[a-z0-9-]+"
 _SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
 _CANONICAL_WEB_URL = re.compile(
-    r"(?P<url>(?P<scheme>https?)://[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::(?P<port>[1-9][0-9]{0,4}))?"
+    rf"(?P<url>(?P<scheme>https?)://{_LABEL}(?:\.{_LABEL})*(?::(?P<port>[1-9][0-9]{{0,4}}))?"
     rf"/(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?(?:\?[A-Za-z0-9._~=&-]+)?)(?:#.*)?"
 )
+_NOT_IN_A_HOST = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class SeedError(SourceError):
@@ -88,16 +90,19 @@ def _normalise_parsed(text: str) -> str:
     if scheme is None:
         return _path_url(Path(text).expanduser())
     name = scheme.group(1).lower()
-    if name == "file":
-        return _path_url(Path(URL(text).path))
-    if name not in WEB_SCHEMES:
+    if name not in (*WEB_SCHEMES, "file"):
         raise SeedError(f"{text}: unsupported scheme {name!r} (use http, https, file or a path)")
     try:
         url = URL(text)
+        host = url.host  # decodes IDNA: UnicodeError, a ValueError, for invalid punycode
     except ValueError as exc:
         raise SeedError(f"{text}: not a valid URL ({exc})") from None
-    if not url.host:
+    if name == "file":
+        return _path_url(Path(url.path))
+    if not host:
         raise SeedError(f"{text}: URL has no host")
+    if _NOT_IN_A_HOST.search(host):
+        raise SeedError(f"{text}: not a valid URL (space or control character in the host)")
     canonical = URL.build(
         scheme=url.scheme,
         authority=url.raw_authority,

@@ -155,6 +155,14 @@ async def test_redirect_loop_is_detected(server: FaultServer) -> None:
     assert server.hits["/loop/a"] == 1
 
 
+async def test_redirect_to_a_host_that_is_not_valid_idna_is_refused(
+    server: FaultServer,
+) -> None:
+    error = await fetch_error(server.url("/bad-host-redirect"))
+    assert error.reason == "bad_redirect"
+    assert "xn--a.example" in str(error)
+
+
 async def test_check_url_refusal_stops_the_hop(server: FaultServer) -> None:
     class Refused(CrawlerError):
         reason = "refused"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crawler.catalogue import open_catalogue
@@ -48,6 +48,8 @@ def test_plain_paths_become_absolute_file_urls(
 
 @settings(max_examples=300)
 @given(st.from_regex(_CANONICAL_WEB_URL, fullmatch=True))
+@example("http://xn--bcher-kva.example:8080/a.jpg#x")
+@example("https://example.com:443/a/b/?q=1")
 def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
     try:
         parsed = _normalise_parsed(seed)
@@ -58,7 +60,19 @@ def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
         assert normalise_url(seed) == parsed
 
 
-@pytest.mark.parametrize("seed", ["ftp://example.com/a.jpg", "http:///a.jpg", "mailto://x"])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        "ftp://example.com/a.jpg",
+        "http:///a.jpg",
+        "mailto://x",
+        "http://[x/a.jpg",
+        "file://[x/a.jpg",
+        "http://example.com:99999/a.jpg",
+        "http://xn--a.example/a.jpg",  # not valid punycode
+        "https://exa mple.com/a.jpg",
+    ],
+)
 def test_unusable_seeds_are_refused(seed: str) -> None:
     with pytest.raises(SeedError):
         normalise_url(seed)
