@@ -88,17 +88,17 @@ def _normalise_parsed(text: str) -> str:
         raise SeedError("empty seed")
     scheme = _SCHEME.match(text)
     if scheme is None:
-        return _path_url(Path(text).expanduser())
+        return _file_url(text, text)
     name = scheme.group(1).lower()
     if name not in (*WEB_SCHEMES, "file"):
         raise SeedError(f"{text}: unsupported scheme {name!r} (use http, https, file or a path)")
     try:
         url = URL(text)
         host = url.host  # decodes IDNA: UnicodeError, a ValueError, for invalid punycode
-    except ValueError as exc:
-        raise SeedError(f"{text}: not a valid URL ({exc})") from None
+    except (ValueError, IndexError) as exc:  # IndexError: yarl on some broken hosts
+        raise SeedError(f"{text}: not a valid URL ({exc or type(exc).__name__})") from None
     if name == "file":
-        return _path_url(Path(url.path))
+        return _file_url(text, url.path)
     if not host:
         raise SeedError(f"{text}: URL has no host")
     if _NOT_IN_A_HOST.search(host):
@@ -111,6 +111,14 @@ def _normalise_parsed(text: str) -> str:
         encoded=True,
     )
     return str(canonical)
+
+
+def _file_url(text: str, path: str) -> str:
+    """The absolute ``file://`` URL of ``path``, from the seed ``text``."""
+    try:
+        return _path_url(Path(path).expanduser())
+    except (ValueError, RuntimeError, OSError) as exc:  # a NUL byte, ~nobody, a symlink loop
+        raise SeedError(f"{text}: not a usable path ({exc})") from None
 
 
 def _path_url(path: Path) -> str:

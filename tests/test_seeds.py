@@ -60,6 +60,29 @@ def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
         assert normalise_url(seed) == parsed
 
 
+_SEED_PIECES = st.sampled_from(
+    [*"aZ09.-_~/\\:@[]%#?& \t\0é", "xn--", "%00", "%2F", "/..", ":80", "://", "\ud800"]
+)
+_SEED_LINES = st.one_of(
+    st.text(),
+    *(
+        st.lists(_SEED_PIECES, max_size=12).map(lambda pieces, start=start: start + "".join(pieces))
+        for start in ("", "http://", "https://", "file://", "~")
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(_SEED_LINES)
+def test_any_seed_line_is_normalised_or_refused_with_a_seed_error(line: str) -> None:
+    try:
+        normalised = normalise_url(line)
+    except SeedError as exc:
+        assert str(exc)
+    else:
+        assert normalised.startswith(("http://", "https://", "file:///"))
+
+
 @pytest.mark.parametrize(
     "seed",
     [
@@ -71,6 +94,10 @@ def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
         "http://example.com:99999/a.jpg",
         "http://xn--a.example/a.jpg",  # not valid punycode
         "https://exa mple.com/a.jpg",
+        "http://5][i(.example@",  # yarl raised IndexError on this one
+        "images/a\0.jpg",
+        "file:///images/a%00.jpg",
+        "~no-such-user-here/a.jpg",
     ],
 )
 def test_unusable_seeds_are_refused(seed: str) -> None:
