@@ -5,6 +5,7 @@ and in ``config.example.toml``. A bad value raises ``ConfigError`` naming the ke
 """
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -145,19 +146,23 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool):
+        # int(2.5) would quietly make it 2
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         try:
             return int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # TOML has nan and inf; no setting means either
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -169,6 +174,16 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
         return tuple(value)
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover - table is fixed
+
+
+def _bounded(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Counts the crawl makes that many tasks, processes or buffered results of: a typo
+    with three more zeros must be an error, not a machine out of memory."""
+    return {
+        "crawl.concurrency": (settings.crawl.concurrency, 10_000),
+        "crawl.extract_workers": (settings.crawl.extract_workers, 256),
+        "crawl.batch_size": (settings.crawl.batch_size, 10_000),
+    }
 
 
 def _validate(settings: Settings) -> None:
@@ -197,6 +212,9 @@ def _validate(settings: Settings) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {value}")
+    for key, (value, most) in _bounded(settings).items():
+        if value > most:
+            raise ConfigError(f"{key}: at most {most}, got {value}")
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be 0 or more, got {value}")

@@ -68,6 +68,25 @@ def test_bad_value_names_its_key(tmp_path: Path) -> None:
         load_settings(config)
 
 
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("concurrency = 2.5", r"^crawl\.concurrency: expected an integer, got 2\.5"),
+        ("concurrency = 1e400", r"^crawl\.concurrency: expected an integer, got inf"),
+        ("per_host_delay = nan", r"^crawl\.per_host_delay: expected a finite number"),
+        ("claim_timeout = inf", r"^crawl\.claim_timeout: expected a finite number"),
+        ("concurrency = 32000000", r"^crawl\.concurrency: at most 10000, got 32000000"),
+        ("extract_workers = 4000", r"^crawl\.extract_workers: at most 256"),
+        ("batch_size = 1000000", r"^crawl\.batch_size: at most 10000"),
+    ],
+)
+def test_numbers_that_cannot_be_meant_are_refused(tmp_path: Path, line: str, error: str) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text(f"[crawl]\n{line}\n")
+    with pytest.raises(ConfigError, match=error):
+        load_settings(config)
+
+
 def test_command_line_overrides_the_file(tmp_path: Path) -> None:
     config = tmp_path / "crawler.toml"
     config.write_text("[crawl]\nconcurrency = 5\nper_host_concurrency = 2\n")
