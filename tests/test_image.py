@@ -1,12 +1,16 @@
 """Header facts: they equal what sharp reports, and bad input gives a typed one-line error."""
 
+import ctypes
 import json
+import logging
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pyvips
 
 from crawler.errors import (
     DecodeError,
@@ -172,3 +176,17 @@ def test_pixel_limit_is_inclusive() -> None:
     assert read_header(data, pixel_limit=120 * 90).width == 120
     with pytest.raises(PixelLimitError):
         read_header(data, pixel_limit=120 * 90 - 1)
+
+
+def test_libvips_messages_with_bytes_that_are_not_utf8_are_logged_not_raised(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libvips' warnings quote bytes of damaged files; pyvips' own handler decoded them as
+    # strict UTF-8 and printed a traceback on stderr for each (found by fuzzing).
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    caplog.set_level(logging.WARNING, logger="pyvips")
+    glib = ctypes.CDLL(pytest.importorskip("_libvips").__file__)  # pyvips' binding links GLib
+    glib.g_log(b"VIPS", pyvips.GLogLevelFlags.LEVEL_WARNING, b"%s", b"tag \xff\xfe damaged")
+    assert unraisable == []
+    assert caplog.messages == ["VIPS: tag \ufffd\ufffd damaged"]

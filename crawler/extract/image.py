@@ -32,19 +32,42 @@ pyvips.cache_set_max_files(0)
 pillow_heif.register_heif_opener()
 
 
-def _log_glib_object_messages() -> None:
-    """Send GLib-GObject criticals to the ``pyvips`` logger, as pyvips does for libvips'.
+_GLIB_LEVELS: Final = (  # GLib's log level bits, most severe first, as logging levels
+    (pyvips.GLogLevelFlags.LEVEL_ERROR, logging.ERROR),
+    (pyvips.GLogLevelFlags.LEVEL_CRITICAL, logging.CRITICAL),
+    (pyvips.GLogLevelFlags.LEVEL_WARNING, logging.WARNING),
+    (pyvips.GLogLevelFlags.LEVEL_MESSAGE, logging.INFO),
+    (pyvips.GLogLevelFlags.LEVEL_INFO, logging.INFO),
+    (pyvips.GLogLevelFlags.LEVEL_DEBUG, logging.DEBUG),
+)
 
-    libvips' HEIF loader sets out-of-range sizes from damaged files on GObject properties;
-    GLib would print each complaint on stderr.
+
+def _log_glib_message(domain: Any, glib_level: int, message: Any, _user_data: Any) -> None:
+    """A GLib log message of libvips or GObject, to the ``pyvips`` logger.
+
+    Ours rather than pyvips' handler, which decodes messages as strict UTF-8: libvips'
+    warnings quote bytes of damaged files, and each failure printed a traceback on stderr.
     """
-    handler = getattr(pyvips, "_log_handler_cb", None)  # pyvips keeps its one private
-    if handler is not None:
-        levels = pyvips.GLogLevelFlags.LEVEL_WARNING | pyvips.GLogLevelFlags.LEVEL_CRITICAL
-        pyvips.glib_lib.g_log_set_handler(b"GLib-GObject", levels, handler, pyvips.ffi.NULL)
+    level = next((ours for bit, ours in _GLIB_LEVELS if glib_level & bit), logging.WARNING)
+    logger = logging.getLogger("pyvips")
+    if logger.isEnabledFor(level):
+        logger.log(level, "%s: %s", _glib_text(domain), _glib_text(message))
 
 
-_log_glib_object_messages()
+def _glib_text(text: Any) -> str:
+    if text == pyvips.ffi.NULL:
+        return ""
+    return pyvips.ffi.string(text).decode("utf-8", errors="replace")
+
+
+# Kept here: GLib holds only a C pointer to the callback. libvips logs under "VIPS"; its
+# HEIF loader sets out-of-range sizes from damaged files on GObject properties, which
+# GLib would print on stderr under "GLib-GObject".
+_GLIB_LOG_HANDLER = pyvips.ffi.callback("GLogFunc", _log_glib_message)
+for _domain in (b"VIPS", b"GLib-GObject"):
+    pyvips.glib_lib.g_log_set_handler(
+        _domain, sum(bit for bit, _ in _GLIB_LEVELS), _GLIB_LOG_HANDLER, pyvips.ffi.NULL
+    )
 # Every libvips failure becomes a typed error with the reason; its warnings (several per
 # broken file) would only repeat that on stderr under the CLI's WARNING-level logging.
 if logging.getLogger("pyvips").level == logging.NOTSET:
