@@ -19,6 +19,7 @@ from crawler.errors import (
     PixelLimitError,
     UnsupportedFormatError,
 )
+from crawler.extract import extract
 from crawler.extract.image import ImageHeader, read_header
 from tests.conftest import CORPUS, EXPECTED, FIXTURES, require_shared
 
@@ -190,3 +191,13 @@ def test_libvips_messages_with_bytes_that_are_not_utf8_are_logged_not_raised(
     glib.g_log(b"VIPS", pyvips.GLogLevelFlags.LEVEL_WARNING, b"%s", b"tag \xff\xfe damaged")
     assert unraisable == []
     assert caplog.messages == ["VIPS: tag \ufffd\ufffd damaged"]
+
+
+def test_a_libvips_error_quoting_bytes_that_are_not_utf8_is_a_decode_error() -> None:
+    damaged = (IMAGES / "bad-property-name.heic").read_bytes()
+    with pytest.raises(DecodeError, match=r"could not parse item property '\ufffdlap'"):
+        extract(damaged)
+    # and the message was taken out of libvips: the next failure does not repeat it
+    with pytest.raises(DecodeError) as next_failure:
+        extract(b"\xff\xd8\xff\xe0" + bytes(100))
+    assert "property" not in str(next_failure.value)

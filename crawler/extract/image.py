@@ -237,6 +237,22 @@ def vips_errors(image_format: str, where: str, stage: str) -> Iterator[None]:
         raise DecodeError(
             f"cannot decode {image_format} {stage}: {_last_line(exc)}{where}"
         ) from None
+    except UnicodeDecodeError:  # raised making the pyvips.Error: see pending_vips_error()
+        raise DecodeError(
+            f"cannot decode {image_format} {stage}: {_last_line(pending_vips_error())}{where}"
+        ) from None
+
+
+def pending_vips_error() -> pyvips.Error:
+    """The error libvips holds, which pyvips failed to decode, and cleared.
+
+    pyvips decodes libvips' message as strict UTF-8 while it makes its Error; a message
+    quoting bytes of the file (libheif names a damaged box type) raises UnicodeDecodeError
+    instead and stays in libvips' buffer, to be prepended to the next failure's message.
+    """
+    detail = _glib_text(pyvips.vips_lib.vips_error_buffer())
+    pyvips.vips_lib.vips_error_clear()
+    return pyvips.Error("", detail or "libvips error")
 
 
 def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Image.Image | None:

@@ -19,6 +19,7 @@ from crawler.extract.image import (
     decode_jpeg_as_libvips,
     decode_with_pillow,
     load_vips,
+    pending_vips_error,
     vips_errors,
 )
 
@@ -250,6 +251,9 @@ def _to_processing_space(image: pyvips.Image) -> pyvips.Image:
             )
         except pyvips.Error:
             return image  # sharp, too, goes on without a profile it cannot use
+        except UnicodeDecodeError:
+            pending_vips_error()  # clear it
+            return image
     if image.interpretation == "cmyk":
         return image.icc_transform(processing_profile, input_profile="cmyk", intent="perceptual")
     return image
