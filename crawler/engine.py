@@ -133,8 +133,11 @@ def run_crawl(
     progress: ProgressCallback | None = None,
 ) -> CrawlSummary:
     """Crawl the seed list at ``seeds_path`` into the catalogue at ``settings.database.url``."""
-    if not Path(seeds_path).is_file():
+    if not Path(seeds_path).exists():
         raise SourceError(f"{seeds_path}: no such seed list")
+    # A pipe or terminal could block the seeding thread, which stopping must wait for.
+    if not Path(seeds_path).is_file():
+        raise SourceError(f"{seeds_path}: a seed list must be a regular file")
     crawl = _Crawl(Path(seeds_path), settings, options or CrawlOptions(), progress)
     try:
         # uvloop: the crawler process's share of each image (HTTP, hand-off, storing) is

@@ -344,6 +344,17 @@ def test_cli_reports_a_missing_seed_list_in_one_line(tmp_path: Path) -> None:
     ]
 
 
+def test_cli_refuses_a_seed_list_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    pipe = tmp_path / "seeds.fifo"
+    os.mkfifo(pipe)
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    result = CliRunner().invoke(cli, ["--db", db_url, "run", str(pipe)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {pipe}: a seed list must be a regular file"
+    ]
+
+
 def test_claims_of_dead_or_stale_workers_are_taken_over(db_url: str, tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.txt", [f"https://example.com/{n}.jpg" for n in range(6)])
     host = socket.gethostname()
