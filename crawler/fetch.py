@@ -37,7 +37,7 @@ from yarl import URL
 
 from crawler.config import CrawlSettings
 from crawler.errors import CrawlerError
-from crawler.seeds import local_path
+from crawler.seeds import local_path, resolvable_name
 
 log = logging.getLogger(__name__)
 
@@ -516,9 +516,11 @@ def _too_large(url: str, limit: int, http_status: int | None = None) -> FetchErr
 
 def _redirect_target(url: URL, location: str) -> URL:
     """``location`` resolved against ``url``. Raises ValueError if it is not a usable URL,
-    a host that is not valid IDNA included (yarl decodes the host only when asked)."""
+    a host name the resolver would refuse included (yarl decodes the host only when asked:
+    UnicodeError, a ValueError, for invalid punycode)."""
     target = url.join(URL(location))
-    _ = target.host
+    if target.host is not None and not resolvable_name(target.host):
+        raise ValueError(f"cannot look up {target.host!r}")
     return target
 
 

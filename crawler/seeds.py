@@ -41,7 +41,7 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # unreserved characters only (no dot segments, no percent-encoding). Most seed lines look
 # like this and then need no parsing: yarl costs ~6 us a line, a minute of CPU for a
 # 10-million-line list. Anything else, or a port that needs checking, goes through yarl.
-_LABEL = r"(?!xn--)[a-z0-9-]+"
+_LABEL = r"(?!xn--)[a-z0-9-]{1,63}"
 _SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
 _CANONICAL_WEB_URL = re.compile(
     rf"(?P<url>(?P<scheme>https?)://{_LABEL}(?:\.{_LABEL})*(?::(?P<port>[1-9][0-9]{{0,4}}))?"
@@ -103,6 +103,8 @@ def _normalise_parsed(text: str) -> str:
         raise SeedError(f"{text}: URL has no host")
     if _NOT_IN_A_HOST.search(host):
         raise SeedError(f"{text}: not a valid URL (space or control character in the host)")
+    if not resolvable_name(host):
+        raise SeedError(f"{text}: not a valid URL (empty or over-long label in {host!r})")
     canonical = URL.build(
         scheme=url.scheme,
         authority=url.raw_authority,
@@ -111,6 +113,16 @@ def _normalise_parsed(text: str) -> str:
         encoded=True,
     )
     return str(canonical)
+
+
+def resolvable_name(host: str) -> bool:
+    """Whether the resolver can look ``host`` up at all: it encodes the name as IDNA, which
+    refuses empty labels and labels over 63 characters with a UnicodeError."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _file_url(text: str, path: str) -> str:

@@ -88,7 +88,7 @@ class FaultServer:
         app.router.add_get("/html-as-jpeg", self._html_as_jpeg)
         app.router.add_get("/redirect/{count}/{name}", self._redirect)
         app.router.add_get("/loop/{side}", self._loop_redirect)
-        app.router.add_get("/bad-host-redirect", self._bad_host_redirect)
+        app.router.add_get("/bad-host-redirect/{kind}", self._bad_host_redirect)
         self._runner = web.AppRunner(
             app, shutdown_timeout=0.5, handler_cancellation=True, access_log=None
         )
@@ -189,8 +189,10 @@ class FaultServer:
         target = f"/redirect/{count - 1}/{name}" if count > 1 else f"/img/{name}"
         raise web.HTTPFound(target)
 
-    async def _bad_host_redirect(self, _request: web.Request) -> web.Response:
-        raise web.HTTPFound("http://xn--a.example/a.jpg")  # not valid punycode: never looked up
+    async def _bad_host_redirect(self, request: web.Request) -> web.Response:
+        # Host names the resolver refuses (never looked up): invalid punycode, empty label
+        hosts = {"punycode": "xn--a.example", "empty-label": ".example"}
+        raise web.HTTPFound(f"http://{hosts[request.match_info['kind']]}/a.jpg")
 
     async def _loop_redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop/b" if request.match_info["side"] == "a" else "/loop/a")

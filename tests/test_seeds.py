@@ -94,6 +94,9 @@ def test_any_seed_line_is_normalised_or_refused_with_a_seed_error(line: str) -> 
         "http://example.com:99999/a.jpg",
         "http://xn--a.example/a.jpg",  # not valid punycode
         "https://exa mple.com/a.jpg",
+        "http://.example.com/a.jpg",
+        "http://a..example/a.jpg",
+        f"http://{'a' * 64}.example/a.jpg",
         "http://5][i(.example@",  # yarl raised IndexError on this one
         "images/a\0.jpg",
         "file:///images/a%00.jpg",
