@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import uvloop
 
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import Settings
-from crawler.errors import CrawlerError, SourceError
+from crawler.errors import CatalogueError, CrawlerError, SourceError
 from crawler.extraction_pool import ExtractionPool, ExtractionProcessDied, pool_size
 from crawler.fetch import Fetched, Fetcher, FetchError, UrlCheck
 from crawler.frontier import (
@@ -211,17 +212,26 @@ class _Crawl:
             asyncio.create_task(self._fetch_worker(fetcher, pool))
             for _ in range(self._crawl.concurrency)
         ]
+        crawling = asyncio.create_task(self._crawl_all(catalogue, workers))
         try:
-            await self._feed(catalogue)
-            await asyncio.gather(*workers)
-            await self._results.put(None)
+            # The writer ends when the crawl is done, unless storing fails: then nobody
+            # empties the results queue, and the crawl must stop with that error instead.
+            await asyncio.wait((crawling, writer), return_when=asyncio.FIRST_EXCEPTION)
+            if writer.done():
+                writer.result()
+            await crawling
             await writer
             if self._unstarted:
                 await asyncio.to_thread(release, catalogue, self._worker_id, self._unstarted)
             return await seeder
         finally:
-            for task in (seeder, writer, *workers):
+            for task in (seeder, writer, crawling, *workers):
                 task.cancel()
+
+    async def _crawl_all(self, catalogue: Catalogue, workers: list[asyncio.Task[None]]) -> None:
+        await self._feed(catalogue)
+        await asyncio.gather(*workers)
+        await self._results.put(None)
 
     async def _seed(self, catalogue: Catalogue) -> SeedingReport:
         requeue = (("failed",) if self._options.retry_failed else ()) + (
@@ -370,7 +380,11 @@ class _Crawl:
         results = [item for item in pending if isinstance(item, CrawlResult)]
         unchanged = [item.url for item in pending if isinstance(item, _NotModified)]
         if results:
-            await asyncio.to_thread(store_results, catalogue, results)
+            try:
+                await asyncio.to_thread(store_results, catalogue, results)
+            except (sa.exc.SQLAlchemyError, ValueError) as exc:
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise CatalogueError(f"cannot store crawl results: {first_line}") from exc
         if unchanged:
             await asyncio.to_thread(mark_not_modified, catalogue, unchanged, utc_now())
         for result in results:

@@ -9,6 +9,7 @@ reading it back, and in ``metadata`` (JSONB on PostgreSQL) for SQL queries.
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ _KEPT_ON_UPDATE: Final = frozenset({"id", "url", "first_seen_at", "attempts"})
 # ``metadata_json`` it is the escape ``\u0000`` instead, so only ``metadata`` loses it.
 _NUL: Final = "\x00"
 _NUL_STAND_IN: Final = "\ufffd"
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -57,9 +59,8 @@ def store_results(catalogue: Catalogue, results: Sequence[CrawlResult]) -> None:
     if not results:
         return
     now = datetime.now(UTC)
-    rows = [result_row(result, now) for result in results]
-    if catalogue.dialect == "postgresql":
-        rows = [_without_nul(row) for row in rows]
+    keep_nul = catalogue.dialect != "postgresql"
+    rows = [_storable(result_row(result, now), keep_nul) for result in results]
     statement = _upsert_statement(catalogue.dialect)
     with catalogue.engine.begin() as connection:
         for start in range(0, len(rows), BATCH_SIZE):
@@ -191,13 +192,21 @@ def _coordinate(value: Any, ref: Any, negative_ref: str, limit: float) -> float 
     return -degrees if (_text(ref) or "").upper().startswith(negative_ref) else degrees
 
 
-def _without_nul(value: Any) -> Any:
+def _storable(value: Any, keep_nul: bool) -> Any:
+    """``value`` with every string one the database accepts.
+
+    Lone surrogates (aiohttp decodes header bytes that are not UTF-8 as surrogate escapes)
+    cannot be encoded for the database at all, and one would fail the whole batch: they
+    become U+FFFD. So does U+0000 on PostgreSQL.
+    """
     if isinstance(value, str):
-        return value.replace(_NUL, _NUL_STAND_IN)
+        if not value.isascii():
+            value = _SURROGATE.sub(_NUL_STAND_IN, value)
+        return value if keep_nul else value.replace(_NUL, _NUL_STAND_IN)
     if isinstance(value, dict):
-        return {key: _without_nul(item) for key, item in value.items()}
+        return {key: _storable(item, keep_nul) for key, item in value.items()}
     if isinstance(value, list):
-        return [_without_nul(item) for item in value]
+        return [_storable(item, keep_nul) for item in value]
     return value
 
 

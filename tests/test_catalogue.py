@@ -185,6 +185,28 @@ def test_exif_text_is_cut_at_nul_and_junk_dates_are_dropped(db_url: str) -> None
     assert row.metadata["exif"]["image"]["Model"] == f"ION230{nul}F"
 
 
+def test_text_that_is_not_utf8_is_stored_with_replacement_characters(db_url: str) -> None:
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates; one of them made
+    # the whole batch fail (and, before the engine watched its writer, hung the crawl).
+    result = CrawlResult(
+        "https://example.com/odd.jpg",
+        "failed",
+        "not_an_image",
+        error="served as image/\udcff",
+        final_url="https://example.com/odd.jpg",
+        etag='"\udcfe\ud800"',
+        content_type="image/\udcff",
+    )
+    with open_catalogue(db_url) as catalogue:
+        store_results(catalogue, [result])
+        row = fetch_row(catalogue, "https://example.com/odd.jpg")
+    assert (row.error, row.etag, row.content_type) == (
+        "served as image/\ufffd",
+        '"\ufffd\ufffd"',
+        "image/\ufffd",
+    )
+
+
 def test_restoring_a_url_updates_its_row_and_releases_the_claim(db_url: str) -> None:
     url = "https://example.com/a.jpg"
     with open_catalogue(db_url) as catalogue:

@@ -5,6 +5,7 @@ must hold what ``crawler.extract`` gives for the same bytes, re-runs must do onl
 are asked to, and killed or interrupted crawls must resume without losing or repeating URLs.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,10 +21,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from crawler import engine
 from crawler.catalogue import create_catalogue_engine, open_catalogue
 from crawler.cli import cli
 from crawler.config import Settings, load_settings
 from crawler.engine import CrawlOptions, run_crawl
+from crawler.errors import CatalogueError
 from crawler.extract import extract
 from crawler.frontier import add_seeds, claim, release_dead_claims
 from crawler.models import images
@@ -342,6 +345,28 @@ def test_cli_reports_a_missing_seed_list_in_one_line(tmp_path: Path) -> None:
     assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'nope.txt'}: no such seed list"
     ]
+
+
+@pytest.mark.timeout(60)
+def test_a_crawl_whose_results_cannot_be_stored_stops_with_the_error(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to wait forever: the fetch workers blocked on a results queue nobody emptied.
+    def database_gone(*_args: object) -> None:
+        raise sa.exc.OperationalError("INSERT INTO images ...", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(engine, "store_results", database_gone)
+    seeds = write_seeds(tmp_path / "seeds.txt", [str(path) for path in SAMPLES.iterdir()])
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    settings = settings_for(config, db_url)
+    settings = dataclasses.replace(
+        settings, crawl=dataclasses.replace(settings.crawl, batch_size=2, concurrency=2)
+    )
+    with pytest.raises(CatalogueError, match=r"^cannot store crawl results: .*disk I/O error"):
+        run_crawl(seeds, settings)
+    rows = stored_rows(db_url)  # every URL is still to do, and free for the next run
+    assert len(rows) == len(list(SAMPLES.iterdir()))
+    assert {(row.status, row.claimed_by) for row in rows.values()} == {("pending", None)}
 
 
 def test_cli_refuses_a_seed_list_that_is_not_a_regular_file(tmp_path: Path) -> None:
