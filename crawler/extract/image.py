@@ -232,27 +232,29 @@ def _open_vips(data: bytes, options: dict[str, Any]) -> pyvips.Image:
 def vips_errors(image_format: str, where: str, stage: str) -> Iterator[None]:
     """Turn a libvips failure inside the block into a one-line DecodeError."""
     try:
-        yield
+        with vips_messages_decoded():
+            yield
     except pyvips.Error as exc:
         raise DecodeError(
             f"cannot decode {image_format} {stage}: {_last_line(exc)}{where}"
         ) from None
-    except UnicodeDecodeError:  # raised making the pyvips.Error: see pending_vips_error()
-        raise DecodeError(
-            f"cannot decode {image_format} {stage}: {_last_line(pending_vips_error())}{where}"
-        ) from None
 
 
-def pending_vips_error() -> pyvips.Error:
-    """The error libvips holds, which pyvips failed to decode, and cleared.
+@contextmanager
+def vips_messages_decoded() -> Iterator[None]:
+    """A libvips failure inside the block raises pyvips.Error, whatever its message holds.
 
     pyvips decodes libvips' message as strict UTF-8 while it makes its Error; a message
     quoting bytes of the file (libheif names a damaged box type) raises UnicodeDecodeError
     instead and stays in libvips' buffer, to be prepended to the next failure's message.
+    Here it is read with replacement characters and cleared.
     """
-    detail = _glib_text(pyvips.vips_lib.vips_error_buffer())
-    pyvips.vips_lib.vips_error_clear()
-    return pyvips.Error("", detail or "libvips error")
+    try:
+        yield
+    except UnicodeDecodeError:
+        detail = _glib_text(pyvips.vips_lib.vips_error_buffer())
+        pyvips.vips_lib.vips_error_clear()
+        raise pyvips.Error("", detail or "libvips error") from None
 
 
 def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Image.Image | None:

@@ -19,8 +19,8 @@ from crawler.extract.image import (
     decode_jpeg_as_libvips,
     decode_with_pillow,
     load_vips,
-    pending_vips_error,
     vips_errors,
+    vips_messages_decoded,
 )
 
 HASH_BITS: Final = 64
@@ -243,17 +243,15 @@ def _to_processing_space(image: pyvips.Image) -> pyvips.Image:
         "grey16",
     ):
         try:
-            return image.icc_transform(
-                processing_profile,
-                embedded=True,
-                depth=16 if image.interpretation in _SIXTEEN_BIT else 8,
-                intent="perceptual",
-            )
+            with vips_messages_decoded():
+                return image.icc_transform(
+                    processing_profile,
+                    embedded=True,
+                    depth=16 if image.interpretation in _SIXTEEN_BIT else 8,
+                    intent="perceptual",
+                )
         except pyvips.Error:
             return image  # sharp, too, goes on without a profile it cannot use
-        except UnicodeDecodeError:
-            pending_vips_error()  # clear it
-            return image
     if image.interpretation == "cmyk":
         return image.icc_transform(processing_profile, input_profile="cmyk", intent="perceptual")
     return image
