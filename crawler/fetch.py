@@ -37,7 +37,7 @@ from yarl import URL
 
 from crawler.config import CrawlSettings
 from crawler.errors import CrawlerError
-from crawler.seeds import local_path, resolvable_name
+from crawler.seeds import host_problem, local_path
 
 log = logging.getLogger(__name__)
 
@@ -519,8 +519,8 @@ def _redirect_target(url: URL, location: str) -> URL:
     a host name the resolver would refuse included (yarl decodes the host only when asked:
     UnicodeError, a ValueError, for invalid punycode)."""
     target = url.join(URL(location))
-    if target.host is not None and not resolvable_name(target.host):
-        raise ValueError(f"cannot look up {target.host!r}")
+    if target.host is not None and (problem := host_problem(target.host)):
+        raise ValueError(problem)
     return target
 
 

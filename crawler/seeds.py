@@ -101,10 +101,8 @@ def _normalise_parsed(text: str) -> str:
         return _file_url(text, url.path)
     if not host:
         raise SeedError(f"{text}: URL has no host")
-    if _NOT_IN_A_HOST.search(host):
-        raise SeedError(f"{text}: not a valid URL (space or control character in the host)")
-    if not resolvable_name(host):
-        raise SeedError(f"{text}: not a valid URL (empty or over-long label in {host!r})")
+    if problem := host_problem(host):
+        raise SeedError(f"{text}: not a valid URL ({problem})")
     canonical = URL.build(
         scheme=url.scheme,
         authority=url.raw_authority,
@@ -115,14 +113,19 @@ def _normalise_parsed(text: str) -> str:
     return str(canonical)
 
 
-def resolvable_name(host: str) -> bool:
-    """Whether the resolver can look ``host`` up at all: it encodes the name as IDNA, which
-    refuses empty labels and labels over 63 characters with a UnicodeError."""
+def host_problem(host: str) -> str | None:
+    """Why no resolver could look ``host`` (decoded, as yarl gives it) up, or None.
+
+    One rule for seeds and redirect targets alike. The resolver encodes the name as IDNA,
+    which refuses empty labels and labels over 63 characters with a UnicodeError; a space
+    or control character would reach it as part of a name."""
+    if _NOT_IN_A_HOST.search(host):
+        return f"space or control character in the host {host!r}"
     try:
         host.encode("idna")
     except UnicodeError:
-        return False
-    return True
+        return f"empty or over-long label in {host!r}"
+    return None
 
 
 def _file_url(text: str, path: str) -> str:

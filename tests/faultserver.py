@@ -190,8 +190,9 @@ class FaultServer:
         raise web.HTTPFound(target)
 
     async def _bad_host_redirect(self, request: web.Request) -> web.Response:
-        # Host names the resolver refuses (never looked up): invalid punycode, empty label
-        hosts = {"punycode": "xn--a.example", "empty-label": ".example"}
+        # Host names no resolver can look up (so never looked up): invalid punycode, an
+        # empty label, a space
+        hosts = {"punycode": "xn--a.example", "empty-label": ".example", "space": "a b.example"}
         raise web.HTTPFound(f"http://{hosts[request.match_info['kind']]}/a.jpg")
 
     async def _loop_redirect(self, request: web.Request) -> web.Response:
