@@ -51,6 +51,7 @@ class CrawlSettings:
     max_redirects: int = 5
     max_size: int = 50 * 1024 * 1024
     extract_workers: int = 0  # 0: one per core
+    extract_timeout: float = 60.0
     batch_size: int = 100
     claim_timeout: float = 600.0
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
@@ -193,6 +194,7 @@ def _validate(settings: Settings) -> None:
         "crawl.max_size": settings.crawl.max_size,
         "crawl.batch_size": settings.crawl.batch_size,
         "crawl.claim_timeout": settings.crawl.claim_timeout,
+        "crawl.extract_timeout": settings.crawl.extract_timeout,
         "crawl.timeouts.connect": settings.crawl.timeouts.connect,
         "crawl.timeouts.read": settings.crawl.timeouts.read,
         "crawl.timeouts.total": settings.crawl.timeouts.total,

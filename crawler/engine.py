@@ -31,7 +31,12 @@ import uvloop
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import Settings
 from crawler.errors import CatalogueError, CrawlerError, SourceError
-from crawler.extraction_pool import ExtractionPool, ExtractionProcessDied, pool_size
+from crawler.extraction_pool import (
+    ExtractionPool,
+    ExtractionProcessDied,
+    ExtractionTimedOut,
+    pool_size,
+)
 from crawler.fetch import Fetched, Fetcher, FetchError, UrlCheck
 from crawler.frontier import (
     Claim,
@@ -176,7 +181,11 @@ class _Crawl:
 
     async def run(self) -> CrawlSummary:
         # Made first: its processes load the extraction code while the catalogue opens.
-        pool = ExtractionPool(pool_size(self._crawl.extract_workers), self._settings.extract)
+        pool = ExtractionPool(
+            pool_size(self._crawl.extract_workers),
+            self._settings.extract,
+            self._crawl.extract_timeout,
+        )
         catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
         try:
             await asyncio.to_thread(release_dead_claims, catalogue, self._worker_id)
@@ -349,13 +358,14 @@ class _Crawl:
     async def _extract(self, pool: ExtractionPool, fetched: Fetched) -> dict[str, Any]:
         try:
             return await pool.extract(fetched.chunks, fetched.url)
+        except ExtractionTimedOut:
+            limit = self._crawl.extract_timeout
+            error = f"extraction took over {limit:g} s (crawl.extract_timeout)"
+            return _failed_extraction(fetched, "extract_timeout", error)
         except ExtractionProcessDied:
-            log.error("%s: its extraction process died (on it or the image before)", fetched.url)
-            return {
-                "sha256": hashlib.sha256(fetched.data).hexdigest(),
-                "reason": "extract_crashed",
-                "error": f"{fetched.url}: the extraction process died (out of memory?)",
-            }
+            log.error("%s: its extraction process died on it", fetched.url)
+            error = "the extraction process died on it (a decoder crash, out of memory?)"
+            return _failed_extraction(fetched, "extract_crashed", error)
 
     async def _write(self, catalogue: Catalogue) -> None:
         """Store results in batches of ``crawl.batch_size``, or after ``FLUSH_SECONDS``."""
@@ -425,3 +435,12 @@ class _Crawl:
         finally:
             for number in handled:
                 loop.remove_signal_handler(number)
+
+
+def _failed_extraction(fetched: Fetched, reason: str, error: str) -> dict[str, Any]:
+    """The outcome for an image whose extraction process gave no answer."""
+    return {
+        "sha256": hashlib.sha256(fetched.data).hexdigest(),
+        "reason": reason,
+        "error": f"{fetched.url}: {error}",
+    }

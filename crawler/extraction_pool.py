@@ -10,7 +10,10 @@ copies, 64 KB writes with wake-ups, two helper threads): ~2 ms of CPU per photo.
 The sockets and memory files are anonymous: nothing is left behind, even by a kill -9. A
 process exits when its socket closes (the crawler is done, or dead), after the image it is
 on, and ignores Ctrl-C: the crawler decides how its processes stop. When one dies, the
-requests it held fail with ``ExtractionProcessDied`` and a new process takes its place.
+image it was on fails with ``ExtractionProcessDied``, the images queued behind it go to
+another process, and a new process takes its place. An image that takes longer than the
+pool's time limit (a decoder stuck in a loop, a small file claiming a huge picture) fails
+with ``ExtractionTimedOut``: its process is killed and replaced the same way.
 
 Kept apart from the engine so that the processes import only the extraction code, not
 aiohttp, SQLAlchemy and Alembic: a new process is ready in a fraction of a second.
@@ -55,22 +58,32 @@ class ExtractionProcessDied(Exception):
     """The process extracting an image died: a decoder crash, out of memory, a kill."""
 
 
+class ExtractionTimedOut(Exception):
+    """An image took longer than the pool's time limit; its process was killed."""
+
+
+class _NotStarted(Exception):
+    """The process holding this image died before it began on it."""
+
+
 def pool_size(configured: int) -> int:
     """Processes for ``crawl.extract_workers`` (0: one per core)."""
     return configured or os.cpu_count() or 1
 
 
 class ExtractionPool:
-    """``size`` extraction processes, all started on entering (an async context manager).
+    """``size`` extraction processes, all started on entering (an async context manager);
+    an image may take at most ``time_limit`` seconds.
 
     They fork from a server process that has only the extraction code imported. That server
     starts loading it when the pool is made, so that its imports (a few tenths of a second)
     overlap whatever the caller does before entering.
     """
 
-    def __init__(self, size: int, settings: ExtractSettings) -> None:
+    def __init__(self, size: int, settings: ExtractSettings, time_limit: float) -> None:
         self._size = size
         self._settings = settings
+        self._time_limit = time_limit
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([__name__])
         multiprocessing.forkserver.ensure_running()
@@ -100,13 +113,21 @@ class ExtractionPool:
     async def extract(self, body: Sequence[bytes], url: str) -> Outcome:
         """``extract_in_worker(data, url, settings)`` in one of the processes, where
         ``data`` is the bytes of ``body`` (chunks) joined."""
+        while True:
+            process, slot = await self._free_slot()
+            try:
+                return await process.request(slot, body, url)
+            except _NotStarted:
+                continue  # the caller still has the body: another process takes it
+
+    async def _free_slot(self) -> tuple["_Process", int]:
         process, slot = await self._free_slots.get()
         while not process.alive:  # a slot of a process that died since
             if self._broken:
                 self._free_slots.put_nowait((process, slot))  # for the next caller too
                 raise ExtractionProcessDied()
             process, slot = await self._free_slots.get()
-        return await process.request(slot, body, url)
+        return process, slot
 
     async def _start(self, count: int) -> None:
         started = [await self._start_process() for _ in range(count)]
@@ -123,7 +144,7 @@ class ExtractionPool:
         theirs.close()
         socket.send_fds(ours, [b"."], [body.file for body in bodies])
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        started = _Process(process, reader, writer, bodies)
+        started = _Process(process, reader, writer, bodies, self._time_limit)
         self._processes[started] = asyncio.create_task(self._read_replies(started))
         return started
 
@@ -150,7 +171,8 @@ class ExtractionPool:
 
 class _Process:
     """An extraction process as the crawler sees it: its socket, its memory files and the
-    requests it holds, in the order it answers them."""
+    requests it holds, in the order it answers them. The first is the image it is on, which
+    has ``time_limit`` seconds from when the process began on it."""
 
     def __init__(
         self,
@@ -158,38 +180,64 @@ class _Process:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         bodies: list["_BodyFile"],
+        time_limit: float,
     ) -> None:
         self.process = process
         self.alive = True
         self._reader = reader
         self._writer = writer
         self._bodies = bodies
-        self._requests: deque[tuple[int, asyncio.Future[Outcome]]] = deque()
+        self._time_limit = time_limit
+        self._deadline: asyncio.TimerHandle | None = None
+        self._requests: deque[tuple[int, str, asyncio.Future[Outcome]]] = deque()
 
     def request(self, slot: int, body: Sequence[bytes], url: str) -> asyncio.Future[Outcome]:
         size = self._bodies[slot].write(body)
         request = pickle.dumps((slot, size, url))
         self._writer.write(_LENGTH.pack(len(request)) + request)
         reply: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._requests.append((slot, reply))
+        self._requests.append((slot, url, reply))
+        if len(self._requests) == 1:  # the process begins on it now
+            self._start_clock()
         return reply
 
     async def read_reply(self) -> int:
         """Wait for the next reply and hand it to its request; returns the slot it freed."""
         size = _LENGTH.unpack(await self._reader.readexactly(_LENGTH.size))[0]
         reply = await self._reader.readexactly(size)
-        slot, outcome = self._requests.popleft()
-        if not outcome.done():  # else abandoned by a stopped crawl
+        slot, _, outcome = self._requests.popleft()
+        self._stop_clock()
+        if self._requests:  # the process goes on to the next one
+            self._start_clock()
+        if not outcome.done():  # else abandoned by a stopped crawl, or timed out
             outcome.set_result(pickle.loads(reply))
         return slot
 
     def fail_requests(self) -> None:
-        for _, outcome in self._requests:
+        """After the process died: the image it was on failed, the others never began."""
+        self._stop_clock()
+        for position, (_, _, outcome) in enumerate(self._requests):
             if not outcome.done():
-                outcome.set_exception(ExtractionProcessDied())
+                outcome.set_exception(ExtractionProcessDied() if position == 0 else _NotStarted())
         self._requests.clear()
 
+    def _start_clock(self) -> None:
+        self._deadline = asyncio.get_running_loop().call_later(self._time_limit, self._time_out)
+
+    def _stop_clock(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _time_out(self) -> None:
+        _, url, outcome = self._requests[0]
+        log.error("%s: extraction took over %g s; stopping its process", url, self._time_limit)
+        if not outcome.done():
+            outcome.set_exception(ExtractionTimedOut())
+        self.process.kill()  # its socket closes: replaced like any process that died
+
     def close(self) -> None:
+        self._stop_clock()
         self.alive = False
         self._writer.close()
         for body in self._bodies:
