@@ -50,7 +50,7 @@ from crawler.frontier import (
     release_dead_claims,
     utc_now,
 )
-from crawler.seeds import iter_seeds
+from crawler.seeds import STDIN, iter_seeds
 from crawler.store import CrawlResult, store_results
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,10 @@ def run_crawl(
     options: CrawlOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> CrawlSummary:
-    """Crawl the seed list at ``seeds_path`` into the catalogue at ``settings.database.url``."""
-    if not Path(seeds_path).exists():
-        raise SourceError(f"{seeds_path}: no such seed list")
-    # A pipe or terminal could block the seeding thread, which stopping must wait for.
-    if not Path(seeds_path).is_file():
-        raise SourceError(f"{seeds_path}: a seed list must be a regular file")
+    """Crawl the seed list at ``seeds_path`` (``-``: standard input) into the catalogue at
+    ``settings.database.url``."""
+    if str(seeds_path) != STDIN:
+        _check_seed_file(Path(seeds_path))
     crawl = _Crawl(Path(seeds_path), settings, options or CrawlOptions(), progress)
     try:
         # uvloop: the crawler process's share of each image (HTTP, hand-off, storing) is
@@ -251,7 +249,7 @@ class _Crawl:
             report = await asyncio.to_thread(
                 add_seeds,
                 catalogue,
-                iter_seeds(self._seeds_path),
+                iter_seeds(self._seeds_path, should_stop=lambda: self._stopping),
                 requeue=requeue,
                 run_started=utc_now(),
                 should_stop=lambda: self._stopping,
@@ -435,6 +433,15 @@ class _Crawl:
         finally:
             for number in handled:
                 loop.remove_signal_handler(number)
+
+
+def _check_seed_file(path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"{path}: no such seed list")
+    # A named pipe or a terminal could block the seeding thread, which stopping waits for;
+    # standard input ("-") is read in a way that cannot.
+    if not path.is_file():
+        raise SourceError(f"{path}: a seed list must be a regular file (or - for standard input)")
 
 
 def _failed_extraction(fetched: Fetched, reason: str, error: str) -> dict[str, Any]:

@@ -18,10 +18,9 @@ Every function here is synchronous database work (the engine runs it in a thread
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,14 +59,15 @@ def utc_now() -> datetime:
 
 def add_seeds(
     catalogue: Catalogue,
-    seeds: Iterable[Seed],
+    seeds: Iterable[Seed | None],
     *,
     requeue: Sequence[str] = (),
     run_started: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     batch_stored: Callable[[], None] = lambda: None,
 ) -> SeedingReport:
-    """Insert ``seeds`` as pending rows (bad ones as failed, reason ``bad_url``), in batches.
+    """Insert ``seeds`` as pending rows (bad ones as failed, reason ``bad_url``), in batches
+    of ``SEED_BATCH_SIZE``; a ``None`` among them ends a batch early (the input paused).
 
     Rows of these seeds whose status is in ``requeue`` and that were last updated before
     ``run_started`` go back to pending. Stops early when ``should_stop()`` turns true.
@@ -75,8 +75,8 @@ def add_seeds(
     """
     total = requeued = 0
     added: list[str] = []
-    iterator = iter(seeds)
-    while not should_stop() and (batch := list(islice(iterator, SEED_BATCH_SIZE))):
+    batches = _batches(seeds)
+    while not should_stop() and (batch := next(batches, None)):
         total += len(batch)
         with catalogue.engine.begin() as connection:
             added += _insert_seeds(connection, catalogue.dialect, batch)
@@ -86,6 +86,18 @@ def add_seeds(
     return SeedingReport(
         seeds=total, added=len(added), invalid=added.count("failed"), requeued=requeued
     )
+
+
+def _batches(seeds: Iterable[Seed | None]) -> Iterator[list[Seed]]:
+    batch: list[Seed] = []
+    for seed in seeds:
+        if seed is not None:
+            batch.append(seed)
+        if batch and (seed is None or len(batch) == SEED_BATCH_SIZE):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _insert_seeds(connection: sa.Connection, dialect: str, batch: list[Seed]) -> list[str]:

@@ -4,12 +4,16 @@ A line is an ``http``/``https``/``file`` URL or a plain path (relative paths are
 the working directory); a directory stands for every image file under it, recursively. Blank
 lines and ``#`` comments are skipped. Reading is a generator over the file, so a ten-million
 line list needs no more memory than a short one; duplicates are removed later by the
-catalogue's unique key on the normalised URL, not by remembering every line here.
+catalogue's unique key on the normalised URL, not by remembering every line here. The list
+``-`` is standard input, read as it arrives.
 """
 
 import os
+import queue
 import re
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +37,7 @@ IMAGE_SUFFIXES = frozenset(
         ".bmp",
     }
 )
+STDIN = "-"  # the seed list that stands for standard input
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -145,17 +150,76 @@ def local_path(url: str) -> Path | None:
     return Path(URL(url).path) if url.startswith("file:") else None
 
 
-def iter_seeds(seeds_path: str | Path) -> Iterator[Seed]:
-    """Every seed of the list at ``seeds_path``, in file order, streamed line by line."""
+def iter_seeds(
+    seeds_path: str | Path, should_stop: Callable[[], bool] = lambda: False
+) -> Iterator[Seed | None]:
+    """Every seed of the list at ``seeds_path`` (``-``: standard input), in order, streamed
+    line by line. From standard input, ``None`` where the input pauses (the seeds so far
+    can be crawled meanwhile), and the end once ``should_stop()``: a pipe can stay open."""
     try:
-        with Path(seeds_path).open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    yield from _expand(text)
+        for line in _stdin_lines(should_stop) if str(seeds_path) == STDIN else _lines(seeds_path):
+            text = line.strip() if line is not None else None
+            if text is None:
+                yield None
+            elif text and not text.startswith("#"):
+                yield from _expand(text)
     except OSError as exc:
         reason = exc.strerror or exc
-        raise SourceError(f"{seeds_path}: cannot read the seed list: {reason}") from None
+        name = "standard input" if str(seeds_path) == STDIN else seeds_path
+        raise SourceError(f"{name}: cannot read the seed list: {reason}") from None
+
+
+def _lines(path: str | Path) -> Iterator[str]:
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
+        yield from handle
+
+
+_STDIN_POLL_SECONDS = 0.1
+_STDIN_PIECES_BUFFERED = 64  # of up to 64 KB each
+
+
+def _stdin_lines(should_stop: Callable[[], bool]) -> Iterator[str | None]:
+    """Lines of standard input as they arrive, and None when it pauses, until its end or
+    ``should_stop()``.
+
+    A daemon thread does the reading: a read blocked on a pipe that stays open would hold
+    a stopping crawl, and the interpreter's exit, for as long as the pipe's writer likes.
+    It reads whatever is there (not whole blocks), so a slow producer's lines are crawled
+    as they come."""
+    pieces: queue.Queue[bytes | OSError] = queue.Queue(_STDIN_PIECES_BUFFERED)
+    threading.Thread(target=_read_stdin, args=(pieces,), name="stdin", daemon=True).start()
+    partial: list[bytes] = []  # the start of a line that has not ended yet
+    paused = True
+    while not should_stop():
+        try:
+            piece = pieces.get(timeout=_STDIN_POLL_SECONDS)
+        except queue.Empty:
+            if not paused:
+                paused = True
+                yield None
+            continue
+        paused = False
+        if isinstance(piece, OSError):
+            raise piece
+        if not piece:  # the end of the input
+            if partial:
+                yield b"".join(partial).decode("utf-8", errors="replace")
+            return
+        *ended, unfinished = piece.split(b"\n")
+        if ended:
+            ended[0] = b"".join((*partial, ended[0]))
+            partial = []
+            yield from (line.decode("utf-8", errors="replace") for line in ended)
+        partial.append(unfinished)
+
+
+def _read_stdin(pieces: "queue.Queue[bytes | OSError]") -> None:
+    try:
+        while piece := os.read(sys.stdin.fileno(), 65536):
+            pieces.put(piece)
+        pieces.put(b"")
+    except OSError as exc:
+        pieces.put(exc)
 
 
 def _expand(text: str) -> Iterator[Seed]:

@@ -428,8 +428,46 @@ def test_cli_refuses_a_seed_list_that_is_not_a_regular_file(tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["--db", db_url, "run", str(pipe)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"Error: {pipe}: a seed list must be a regular file"
+        f"Error: {pipe}: a seed list must be a regular file (or - for standard input)"
     ]
+
+
+def test_cli_crawls_seeds_from_standard_input(
+    config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    urls = [server.url("/img/a.jpg"), server.url("/img/b.tiff"), server.url("/missing")]
+    lines = f"# piped\n{urls[0]}\r\n\n{urls[1]}\n{urls[2]}"  # no newline at the end
+    command = [str(CRAWLER), "--config", str(config), "--db", db_url, "run", "-", "--json"]
+
+    finished = subprocess.run(command, input=lines, capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["by_status"] == {"ok": 2, "failed": 1}
+    assert {url: row.status for url, row in stored_rows(db_url).items()} == {
+        urls[0]: "ok",
+        urls[1]: "ok",
+        urls[2]: "failed",
+    }
+
+
+def test_interrupt_stops_a_crawl_whose_standard_input_stays_open(
+    config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    _, urls = slow_seeds(server, tmp_path / "seeds.txt", 6)
+    command = [str(CRAWLER), "--config", str(config), "--db", db_url, "run", "-", "--json"]
+    process = subprocess.Popen(command, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write("".join(f"{url}\n" for url in urls))
+    process.stdin.flush()  # and left open, as a producer that has more to say would
+    wait_for_ok_rows(db_url, len(urls), process)
+
+    process.send_signal(signal.SIGINT)
+    output = process.stdout.read() if process.stdout else ""
+    assert process.wait(timeout=10) == 130
+    assert json.loads(output)["by_status"] == {"ok": len(urls)}
+    process.stdin.close()
 
 
 def test_claims_of_dead_or_stale_workers_are_taken_over(db_url: str, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from crawler.progress import ProgressBar, print_summary
 
 
 @click.command()
-@click.argument("seeds", type=click.Path(dir_okay=False))
+@click.argument("seeds", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--retry-failed", is_flag=True, help="Fetch this list's failed URLs again.")
 @click.option(
     "--refresh",
@@ -56,11 +56,14 @@ def run(
     """Crawl every URL or path of the SEEDS list into the catalogue.
 
     One URL (http, https, file) or local path per line; a directory means every image under
-    it. URLs already done are skipped; the catalogue keeps the crawl's state, so several
-    crawlers can share one PostgreSQL catalogue and a killed crawl resumes where it stopped.
-    Ctrl-C finishes the URLs in flight, stores them and prints the summary.
+    it; SEEDS - reads the list from standard input as it arrives. URLs already done are
+    skipped; the catalogue keeps the crawl's state, so several crawlers can share one
+    PostgreSQL catalogue and a killed crawl resumes where it stopped. Ctrl-C finishes the
+    URLs in flight, stores them and prints the summary.
 
+    \b
     Example: crawler run samples/seeds.txt --concurrency 16 --per-host 2
+    Example: find ~/photos -name '*.jpg' | crawler run -
     """
     settings = settings_from(
         ctx,
