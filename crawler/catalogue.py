@@ -7,7 +7,6 @@ to the newest revision, or, with ``upgrade=False``, refuses a database that is b
 
 import sqlite3
 from importlib.resources import files
-from types import TracebackType
 from typing import Final, Self
 
 import sqlalchemy as sa
@@ -49,12 +48,7 @@ class Catalogue:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

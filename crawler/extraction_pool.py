@@ -35,7 +35,6 @@ import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
-from types import TracebackType
 from typing import Any, Self
 
 import pyvips
@@ -96,12 +95,7 @@ class ExtractionPool:
         await self._start(self._size)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
         while self._processes:  # again if one was being replaced meanwhile
             processes, self._processes = self._processes, {}

@@ -1,6 +1,5 @@
 """What a person watching a crawl sees: a rich progress bar on stderr, then a summary."""
 
-from types import TracebackType
 from typing import Self, TextIO
 
 from rich.console import Console
@@ -46,12 +45,7 @@ class ProgressBar:
         self._progress.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
     def update(self, progress: CrawlProgress) -> None:

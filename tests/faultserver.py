@@ -28,7 +28,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Self
 
 from aiohttp import web
@@ -60,12 +59,7 @@ class FaultServer:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
