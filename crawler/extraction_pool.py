@@ -345,15 +345,17 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
 
 
 def extract_in_worker(data: bytes, url: str, settings: ExtractSettings) -> Outcome:
-    """The SHA-256 of ``data`` and its metadata, or the reason extraction failed."""
+    """The SHA-256 of ``data`` and its metadata, or the reason extraction failed (with the
+    HTTP status the API answers with)."""
     outcome: Outcome = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         extraction = extract(data, url, settings)
     except CrawlerError as exc:
-        return outcome | {"reason": exc.reason, "error": str(exc)}
+        return outcome | {"reason": exc.reason, "error": str(exc), "status": exc.status}
     except Exception as exc:  # a decoder bug must fail one URL, not the crawl
         log.exception("extraction of %s crashed", url)
-        return outcome | {"reason": "extract_error", "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        return outcome | {"reason": "extract_error", "error": error, "status": 500}
     return outcome | {
         "metadata": extraction.metadata,
         "hash_algorithm": extraction.hash_algorithm,

@@ -4,7 +4,9 @@ of near-duplicate groups, served from the catalogue with aiohttp.web.
 ``create_app(settings)`` builds the application; ``run_server(settings)`` listens. Every error
 is JSON ``{"message": ..., "help": ...}`` with its HTTP status. URLs are fetched with the
 crawler's fetcher under the address policy of ``crawler.netpolicy`` (on every redirect hop, and
-through a resolver that returns only checked addresses).
+through a resolver that returns only checked addresses). Images are extracted in the crawl's
+extraction processes, started on the first request that needs them: a decoder that crashes
+or loops on a hostile image costs that request, not the server.
 """
 
 import asyncio
@@ -17,6 +19,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +32,14 @@ from yarl import URL
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import ServeSettings, Settings
 from crawler.errors import ConfigError, CrawlerError
-from crawler.extract import Extraction, extract, phash
+from crawler.extract import Extraction, phash
+from crawler.extraction_pool import (
+    ExtractionPool,
+    ExtractionProcessDied,
+    ExtractionTimedOut,
+    Outcome,
+    pool_size,
+)
 from crawler.fetch import Fetched, Fetcher
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.output import to_json
@@ -68,6 +78,9 @@ HELP_BY_REASON = {
     "forbidden_address": "The server does not fetch from loopback, private, link-local, "
     "multicast or reserved addresses; serve.allow_hosts exempts trusted hosts.",
     "bad_url": "Give an absolute http or https URL, percent-encoded in the query string.",
+    "extract_timeout": "The image took longer than crawl.extract_timeout seconds to decode.",
+    "extract_crashed": "The image crashed its decoder; open the URL in an image viewer to "
+    "check it.",
 }
 DEFAULT_HELP = "See /openapi.json for the API's endpoints and parameters."
 SECURITY_HEADERS = {
@@ -108,6 +121,15 @@ class NotFoundError(ApiError):
 class RateLimitedError(ApiError):
     status = 429
     reason = "rate_limited"
+
+
+class ExtractionFailedError(CrawlerError):
+    """Extraction refused an image in its process: that error's message, status and reason."""
+
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 class RateLimiter:
@@ -166,7 +188,8 @@ class DuplicatesCache:
 
 class UpstreamFetcher:
     """The crawler's fetcher (same limits, timeouts and retries) behind the address policy,
-    with at most ``serve.max_upstream_fetches`` fetches and extractions at a time."""
+    with at most ``serve.max_upstream_fetches`` fetches and extractions at a time; the
+    crawl's extraction processes (``crawl.extract_workers``, ``crawl.extract_timeout``)."""
 
     def __init__(
         self, settings: Settings, policy: AddressPolicy, resolver: AbstractResolver
@@ -178,13 +201,16 @@ class UpstreamFetcher:
         crawl = dataclasses.replace(settings.crawl, robots=False)
         self._fetcher = Fetcher(crawl, check_url=self._check_hop, resolver=resolver)
         self._slots = asyncio.Semaphore(settings.serve.max_upstream_fetches)
+        self._pool: ExtractionPool | None = None
+        self._pool_starting = asyncio.Lock()
+        self._exit_stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:
-        await self._fetcher.__aenter__()
+        await self._exit_stack.enter_async_context(self._fetcher)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._fetcher.close()
+        await self._exit_stack.aclose()
 
     async def _check_hop(self, url: URL) -> None:
         self._policy.check_url(url)
@@ -199,8 +225,35 @@ class UpstreamFetcher:
             raise BadURLError(str(exc)) from None
         async with self._slots:
             fetched = await self._fetcher.fetch(url)
-            extraction = await asyncio.to_thread(extract, fetched.data, url, self._settings.extract)
-        return fetched, extraction
+            outcome = await self._extract(fetched)
+        return fetched, Extraction(
+            outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"]
+        )
+
+    async def _extract(self, fetched: Fetched) -> Outcome:
+        pool = await self._started_pool()
+        try:
+            outcome = await pool.extract(fetched.chunks, fetched.url)
+        except ExtractionTimedOut:
+            limit = self._settings.crawl.extract_timeout
+            message = f"{fetched.url}: extraction took over {limit:g} s (crawl.extract_timeout)"
+            raise ExtractionFailedError(message, 422, "extract_timeout") from None
+        except ExtractionProcessDied:
+            message = f"{fetched.url}: the image crashed its extraction process"
+            raise ExtractionFailedError(message, 422, "extract_crashed") from None
+        if "reason" in outcome:
+            raise ExtractionFailedError(outcome["error"], outcome["status"], outcome["reason"])
+        return outcome
+
+    async def _started_pool(self) -> ExtractionPool:
+        async with self._pool_starting:
+            if self._pool is None:
+                crawl = self._settings.crawl
+                pool = ExtractionPool(
+                    pool_size(crawl.extract_workers), self._settings.extract, crawl.extract_timeout
+                )
+                self._pool = await self._exit_stack.enter_async_context(pool)
+        return self._pool
 
 
 def store_fetched(catalogue: Catalogue, fetched: Fetched, extraction: Extraction) -> None:

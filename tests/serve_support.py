@@ -92,6 +92,7 @@ def api_settings(
     api_keys: tuple[str, ...] = (),
     rate_limit_per_minute: int = 10_000,
     max_upstream_fetches: int = 4,
+    extract_timeout: float = 60.0,
 ) -> Settings:
     return Settings(
         database=DatabaseSettings(url=database_url),
@@ -100,6 +101,7 @@ def api_settings(
             max_redirects=3,
             timeouts=TimeoutSettings(connect=2.0, read=0.5, total=3.0),
             retries=RetrySettings(attempts=1),
+            extract_timeout=extract_timeout,
         ),
         serve=ServeSettings(
             allow_hosts=allow_hosts,

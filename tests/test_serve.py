@@ -25,6 +25,7 @@ from crawler.errors import ConfigError
 from crawler.extract import extract
 from crawler.serve import DuplicatesCache, RateLimiter, check_listen_address, create_app
 from tests.serve_support import TEST_HOSTS, UpstreamServer, api_settings, make_jpeg, serving
+from tests.slow_image import interlaced_png
 
 IMAGES = {
     "a.jpg": make_jpeg(1),
@@ -256,6 +257,27 @@ async def test_upstream_failures_have_their_status(
     async with api(api_settings(sqlite_url, allow_hosts=allowing(base))) as running:
         status, body, _ = await running.get("/v1/metadata", url=str(base.with_path(path)))
     assert_error(status, body, expected, fragment)
+
+
+async def test_an_image_over_the_extraction_time_limit_costs_only_its_request(
+    sqlite_url: str,
+) -> None:
+    server = UpstreamServer({"slow.png": interlaced_png(16000), "a.jpg": IMAGES["a.jpg"]})
+    async with serving(server.app) as base:
+        settings = api_settings(sqlite_url, allow_hosts=allowing(base), extract_timeout=0.5)
+        async with api(settings) as running:
+            slow = running.get("/v1/metadata", url=str(base / "img/slow.png"))
+            fine = running.get("/v1/metadata", url=str(base / "img/a.jpg"))
+            (slow_status, slow_body, _), (fine_status, fine_body, _) = await asyncio.gather(
+                slow, fine
+            )
+            again_status, again_body, _ = await running.get(
+                "/v1/metadata", url=str(base / "img/a.jpg")
+            )
+    assert_error(slow_status, slow_body, 422, "over 0.5 s (crawl.extract_timeout)")
+    assert "crawl.extract_timeout" in slow_body["help"]
+    assert fine_status == again_status == 200
+    assert fine_body == again_body == extract(IMAGES["a.jpg"]).metadata
 
 
 async def test_unreachable_upstream_is_502(sqlite_url: str) -> None:
