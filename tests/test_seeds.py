@@ -131,6 +131,16 @@ def test_seed_list_skips_comments_expands_directories_and_keeps_bad_lines(
     assert "unsupported scheme" in (bad.problem or "")
 
 
+def test_a_path_too_long_to_look_up_is_a_seed_not_an_error_of_the_list(tmp_path: Path) -> None:
+    too_long = tmp_path / ("a" * 300 + ".jpg")  # over NAME_MAX: stat() fails ENAMETOOLONG
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"{too_long}\nhttps://example.com/x.jpg\n")
+    assert list(iter_seeds(seeds)) == [
+        Seed(too_long.as_uri()),
+        Seed("https://example.com/x.jpg"),
+    ]
+
+
 def test_missing_seed_list_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="seed list"):
         list(iter_seeds(tmp_path / "nope.txt"))
