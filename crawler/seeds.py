@@ -8,6 +8,7 @@ catalogue's unique key on the normalised URL, not by remembering every line here
 ``-`` is standard input, read as it arrives.
 """
 
+import ipaddress
 import os
 import queue
 import re
@@ -126,11 +127,21 @@ def host_problem(host: str) -> str | None:
     or control character would reach it as part of a name."""
     if _NOT_IN_A_HOST.search(host):
         return f"space or control character in the host {host!r}"
+    if ":" in host and not _is_ipv6_address(host):  # yarl keeps '[:1]' as host ':1'
+        return f"{host!r} is not an IPv6 address"
     try:
         host.encode("idna")
     except UnicodeError:
         return f"empty or over-long label in {host!r}"
     return None
+
+
+def _is_ipv6_address(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_url(text: str, path: str) -> str:

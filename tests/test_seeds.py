@@ -141,6 +141,12 @@ def test_a_path_too_long_to_look_up_is_a_seed_not_an_error_of_the_list(tmp_path:
     ]
 
 
+def test_a_bracketed_host_that_is_not_ipv6_is_a_bad_seed() -> None:
+    # yarl parses it (host ':1') but cannot print it back: a ValueError, not a SeedError
+    with pytest.raises(SeedError, match="not an IPv6 address"):
+        normalise_url("http://[:1]:80/a.jpg")
+
+
 def test_missing_seed_list_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="seed list"):
         list(iter_seeds(tmp_path / "nope.txt"))
