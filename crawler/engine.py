@@ -356,14 +356,14 @@ class _Crawl:
     async def _extract(self, pool: ExtractionPool, fetched: Fetched) -> dict[str, Any]:
         try:
             return await pool.extract(fetched.chunks, fetched.url)
-        except ExtractionTimedOut:
-            limit = self._crawl.extract_timeout
-            error = f"extraction took over {limit:g} s (crawl.extract_timeout)"
-            return _failed_extraction(fetched, "extract_timeout", error)
-        except ExtractionProcessDied:
-            log.error("%s: its extraction process died on it", fetched.url)
-            error = "the extraction process died on it (a decoder crash, out of memory?)"
-            return _failed_extraction(fetched, "extract_crashed", error)
+        except (ExtractionTimedOut, ExtractionProcessDied) as exc:
+            if isinstance(exc, ExtractionProcessDied):
+                log.error("%s: its extraction process died on it", fetched.url)
+            return {
+                "sha256": hashlib.sha256(fetched.data).hexdigest(),
+                "reason": exc.reason,
+                "error": f"{fetched.url}: {exc}",
+            }
 
     async def _write(self, catalogue: Catalogue) -> None:
         """Store results in batches of ``crawl.batch_size``, or after ``FLUSH_SECONDS``."""
@@ -442,12 +442,3 @@ def _check_seed_file(path: Path) -> None:
     # standard input ("-") is read in a way that cannot.
     if not path.is_file():
         raise SourceError(f"{path}: a seed list must be a regular file (or - for standard input)")
-
-
-def _failed_extraction(fetched: Fetched, reason: str, error: str) -> dict[str, Any]:
-    """The outcome for an image whose extraction process gave no answer."""
-    return {
-        "sha256": hashlib.sha256(fetched.data).hexdigest(),
-        "reason": reason,
-        "error": f"{fetched.url}: {error}",
-    }

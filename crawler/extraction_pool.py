@@ -56,9 +56,19 @@ Outcome = dict[str, Any]
 class ExtractionProcessDied(Exception):
     """The process extracting an image died: a decoder crash, out of memory, a kill."""
 
+    reason = "extract_crashed"
+
+    def __init__(self) -> None:
+        super().__init__("the extraction process died on it (a decoder crash, out of memory?)")
+
 
 class ExtractionTimedOut(Exception):
     """An image took longer than the pool's time limit; its process was killed."""
+
+    reason = "extract_timeout"
+
+    def __init__(self, time_limit: float) -> None:
+        super().__init__(f"extraction took over {time_limit:g} s (crawl.extract_timeout)")
 
 
 class _NotStarted(Exception):
@@ -227,7 +237,7 @@ class _Process:
         _, url, outcome = self._requests[0]
         log.error("%s: extraction took over %g s; stopping its process", url, self._time_limit)
         if not outcome.done():
-            outcome.set_exception(ExtractionTimedOut())
+            outcome.set_exception(ExtractionTimedOut(self._time_limit))
         self.process.kill()  # its socket closes: replaced like any process that died
 
     def close(self) -> None:

@@ -169,10 +169,9 @@ def iter_seeds(
     can be crawled meanwhile), and the end once ``should_stop()``: a pipe can stay open."""
     try:
         for line in _stdin_lines(should_stop) if str(seeds_path) == STDIN else _lines(seeds_path):
-            text = line.strip() if line is not None else None
-            if text is None:
+            if line is None:
                 yield None
-            elif text and not text.startswith("#"):
+            elif (text := line.strip()) and not text.startswith("#"):
                 yield from _expand(text)
     except OSError as exc:
         reason = exc.strerror or exc

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -215,8 +214,9 @@ class UpstreamFetcher:
     async def _check_hop(self, url: URL) -> None:
         self._policy.check_url(url)
 
-    async def extract_url(self, text: str) -> tuple[Fetched, Extraction]:
-        """Fetch the image at ``text`` (an http or https URL) and extract its metadata."""
+    async def extract_url(self, text: str) -> tuple[Fetched, Extraction, str]:
+        """Fetch the image at ``text`` (an http or https URL) and extract its metadata;
+        also returns the SHA-256 of its bytes."""
         # Checked before normalising, which would resolve a plain path on the disk.
         self._policy.check_url(parse_url(text))
         try:
@@ -226,21 +226,15 @@ class UpstreamFetcher:
         async with self._slots:
             fetched = await self._fetcher.fetch(url)
             outcome = await self._extract(fetched)
-        return fetched, Extraction(
-            outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"]
-        )
+        extraction = Extraction(outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"])
+        return fetched, extraction, outcome["sha256"]
 
     async def _extract(self, fetched: Fetched) -> Outcome:
         pool = await self._started_pool()
         try:
             outcome = await pool.extract(fetched.chunks, fetched.url)
-        except ExtractionTimedOut:
-            limit = self._settings.crawl.extract_timeout
-            message = f"{fetched.url}: extraction took over {limit:g} s (crawl.extract_timeout)"
-            raise ExtractionFailedError(message, 422, "extract_timeout") from None
-        except ExtractionProcessDied:
-            message = f"{fetched.url}: the image crashed its extraction process"
-            raise ExtractionFailedError(message, 422, "extract_crashed") from None
+        except (ExtractionTimedOut, ExtractionProcessDied) as exc:
+            raise ExtractionFailedError(f"{fetched.url}: {exc}", 422, exc.reason) from None
         if "reason" in outcome:
             raise ExtractionFailedError(outcome["error"], outcome["status"], outcome["reason"])
         return outcome
@@ -256,7 +250,9 @@ class UpstreamFetcher:
         return self._pool
 
 
-def store_fetched(catalogue: Catalogue, fetched: Fetched, extraction: Extraction) -> None:
+def store_fetched(
+    catalogue: Catalogue, fetched: Fetched, extraction: Extraction, sha256: str
+) -> None:
     """Catalogue one image fetched through the API, as a crawl would have."""
     result = CrawlResult(
         url=fetched.url,
@@ -266,7 +262,7 @@ def store_fetched(catalogue: Catalogue, fetched: Fetched, extraction: Extraction
         etag=fetched.etag,
         last_modified=fetched.last_modified,
         content_type=fetched.content_type,
-        sha256=hashlib.sha256(fetched.data).hexdigest(),
+        sha256=sha256,
         fetched_at=datetime.now(UTC),
         metadata=extraction.metadata,
         hash_algorithm=extraction.hash_algorithm,
@@ -505,9 +501,9 @@ async def _metadata_from_url(request: web.Request) -> web.Response:
     url = _required(request, "url")
     store = _bool_param(request, "store")
     services = request.app[SERVICES]
-    fetched, extraction = await services.upstream.extract_url(url)
+    fetched, extraction, sha256 = await services.upstream.extract_url(url)
     if store:
-        await asyncio.to_thread(store_fetched, services.catalogue, fetched, extraction)
+        await asyncio.to_thread(store_fetched, services.catalogue, fetched, extraction, sha256)
         services.duplicates.invalidate()
     return _json(extraction.metadata)
 
