@@ -41,7 +41,7 @@ import pyvips
 
 from crawler.config import ExtractSettings
 from crawler.errors import CrawlerError
-from crawler.extract import extract
+from crawler.extract import Extraction, extract
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,16 @@ class ExtractionTimedOut(Exception):
 
     def __init__(self, time_limit: float) -> None:
         super().__init__(f"extraction took over {time_limit:g} s (crawl.extract_timeout)")
+
+
+class ExtractionFailedError(CrawlerError):
+    """An image its extraction process refused, crashed on or took too long for: the
+    message, HTTP status and reason of what went wrong there."""
+
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 class _NotStarted(Exception):
@@ -123,6 +133,18 @@ class ExtractionPool:
                 return await process.request(slot, body, url)
             except _NotStarted:
                 continue  # the caller still has the body: another process takes it
+
+    async def extraction(self, body: Sequence[bytes], url: str) -> tuple[Extraction, str]:
+        """The metadata of the image in ``body`` (chunks) and the SHA-256 of its bytes, or
+        ``ExtractionFailedError`` (the crawl stores a failed row instead)."""
+        try:
+            outcome = await self.extract(body, url)
+        except (ExtractionTimedOut, ExtractionProcessDied) as exc:
+            raise ExtractionFailedError(f"{url}: {exc}", 422, exc.reason) from None
+        if "reason" in outcome:
+            raise ExtractionFailedError(outcome["error"], outcome["status"], outcome["reason"])
+        extraction = Extraction(outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"])
+        return extraction, outcome["sha256"]
 
     async def _free_slot(self) -> tuple["_Process", int]:
         process, slot = await self._free_slots.get()

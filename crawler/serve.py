@@ -32,13 +32,7 @@ from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import ServeSettings, Settings
 from crawler.errors import ConfigError, CrawlerError
 from crawler.extract import Extraction, phash
-from crawler.extraction_pool import (
-    ExtractionPool,
-    ExtractionProcessDied,
-    ExtractionTimedOut,
-    Outcome,
-    pool_size,
-)
+from crawler.extraction_pool import ExtractionPool, pool_size
 from crawler.fetch import Fetched, Fetcher
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.output import to_json
@@ -120,15 +114,6 @@ class NotFoundError(ApiError):
 class RateLimitedError(ApiError):
     status = 429
     reason = "rate_limited"
-
-
-class ExtractionFailedError(CrawlerError):
-    """Extraction refused an image in its process: that error's message, status and reason."""
-
-    def __init__(self, message: str, status: int, reason: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 class RateLimiter:
@@ -225,19 +210,9 @@ class UpstreamFetcher:
             raise BadURLError(str(exc)) from None
         async with self._slots:
             fetched = await self._fetcher.fetch(url)
-            outcome = await self._extract(fetched)
-        extraction = Extraction(outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"])
-        return fetched, extraction, outcome["sha256"]
-
-    async def _extract(self, fetched: Fetched) -> Outcome:
-        pool = await self._started_pool()
-        try:
-            outcome = await pool.extract(fetched.chunks, fetched.url)
-        except (ExtractionTimedOut, ExtractionProcessDied) as exc:
-            raise ExtractionFailedError(f"{fetched.url}: {exc}", 422, exc.reason) from None
-        if "reason" in outcome:
-            raise ExtractionFailedError(outcome["error"], outcome["status"], outcome["reason"])
-        return outcome
+            pool = await self._started_pool()
+            extraction, sha256 = await pool.extraction(fetched.chunks, fetched.url)
+        return fetched, extraction, sha256
 
     async def _started_pool(self) -> ExtractionPool:
         async with self._pool_starting:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from crawler.cli import cli
 from crawler.extract import extract
 from tests.faultserver import FaultServer
+from tests.slow_image import interlaced_png
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
 CANON = SAMPLES / "Canon_40D.jpg"
@@ -77,6 +78,31 @@ def test_extract_a_url_from_a_server_and_a_file_url() -> None:
     assert second.pop("source") == CANON.as_uri()
     assert first == second == extract(CANON.read_bytes()).metadata
     assert missing_code == 1 and "404" in missing_err and "\n" not in missing_err.strip()
+
+
+def test_extract_reports_in_the_order_given_though_the_first_is_the_slowest(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "missing.jpg"
+    with FaultServer({"canon.jpg": CANON.read_bytes()}, image_delay=0.5) as server:
+        slow_url = server.url("/slowimg/canon.jpg")
+        code, out, err = run("extract", slow_url, str(missing), str(CANON))
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line.pop("source") for line in lines] == [slow_url, str(CANON)]
+    assert lines[0] == lines[1] == extract(CANON.read_bytes()).metadata
+    assert err == f"Error: {missing.as_uri()}: no such file\n"
+
+
+def test_extract_fails_an_image_over_the_time_limit_and_goes_on(tmp_path: Path) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text("[crawl]\nextract_timeout = 0.5\n")
+    slow = tmp_path / "slow.png"
+    slow.write_bytes(interlaced_png(16000))  # ~1.9 s to extract on the project's VM
+    code, out, err = run("--config", str(config), "extract", str(slow), str(CANON))
+    assert code == 1
+    assert [json.loads(line)["source"] for line in out.splitlines()] == [str(CANON)]
+    assert err == f"Error: {slow}: extraction took over 0.5 s (crawl.extract_timeout)\n"
 
 
 def test_extract_honours_the_hash_algorithm_and_pixel_limit() -> None:

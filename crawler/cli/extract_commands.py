@@ -7,8 +7,8 @@ import click
 from crawler.cli.common import EXIT_ERROR, format_option, handle_errors, settings_from
 from crawler.config import HASH_ALGORITHMS
 from crawler.errors import CrawlerError
-from crawler.extract import phash
-from crawler.oneshot import extract_source
+from crawler.extract import Extraction, phash
+from crawler.oneshot import extract_sources
 from crawler.output import to_json, write_rows
 
 
@@ -32,8 +32,10 @@ def extract(
 ) -> None:
     """Print ImageKit's metadata object of each image as JSON.
 
-    One input prints pretty JSON; several print one line each (`source` added).
-    Errors go to stderr, one line each; the exit code is 1 if any input failed.
+    One input prints pretty JSON; several print one line each (`source` added), in the
+    order given, while they are read and extracted in parallel. Errors go to stderr, one
+    line each; the exit code is 1 if any input failed. An image whose extraction takes
+    longer than crawl.extract_timeout fails.
 
     Example: crawler extract photo.jpg https://example.com/cat.png --jsonl
     """
@@ -41,19 +43,19 @@ def extract(
         ctx, **{"extract.hash_algorithm": hash_algorithm, "extract.pixel_limit": pixel_limit}
     )
     one_pretty = len(sources) == 1 and not jsonl
-    failed = 0
-    for source in sources:
-        try:
-            metadata = extract_source(source, settings).metadata
-        except CrawlerError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            failed += 1
-            continue
-        if one_pretty:
-            click.echo(to_json(metadata, pretty=True))
+    failures: list[str] = []
+
+    def print_result(source: str, result: Extraction | CrawlerError) -> None:
+        if isinstance(result, CrawlerError):
+            click.echo(f"Error: {result}", err=True)
+            failures.append(source)
+        elif one_pretty:
+            click.echo(to_json(result.metadata, pretty=True))
         else:
-            click.echo(to_json({"source": source, **metadata}))
-    if failed:
+            click.echo(to_json({"source": source, **result.metadata}))
+
+    extract_sources(sources, settings, print_result)
+    if failures:
         sys.exit(EXIT_ERROR)
 
 
