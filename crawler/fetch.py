@@ -406,7 +406,7 @@ class Fetcher:
             location = response.headers[hdrs.LOCATION]
             try:
                 return _Redirect(_redirect_target(url, location))
-            except ValueError:
+            except (ValueError, IndexError):  # IndexError: yarl on some broken authorities
                 raise FetchError(
                     f"{url}: redirect to an invalid URL {location!r}",
                     "bad_redirect",

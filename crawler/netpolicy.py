@@ -181,8 +181,8 @@ def parse_url(text: str) -> URL:
     try:
         url = URL(text)
         _ = url.raw_host, url.port  # both are decoded lazily and may fail
-    except (ValueError, TypeError) as exc:
-        raise BadURLError(f"{text!r} is not a valid URL: {exc}") from None
+    except (ValueError, TypeError, IndexError) as exc:  # IndexError: yarl, broken authorities
+        raise BadURLError(f"{text!r} is not a valid URL: {exc or type(exc).__name__}") from None
     return url
 
 

@@ -109,9 +109,12 @@ def _normalise_parsed(text: str) -> str:
         raise SeedError(f"{text}: URL has no host")
     if problem := host_problem(host):
         raise SeedError(f"{text}: not a valid URL ({problem})")
+    # yarl lower-cases a valid host name but not one with characters DNS has no use for
+    # (a comma, say) and a non-ASCII label: its key must not depend on how it was typed.
+    user_info, at, host_and_port = url.raw_authority.rpartition("@")
     canonical = URL.build(
         scheme=url.scheme,
-        authority=url.raw_authority,
+        authority=user_info + at + host_and_port.lower(),
         path=url.raw_path or "/",
         query_string=url.raw_query_string,
         encoded=True,

@@ -186,8 +186,14 @@ class FaultServer:
     async def _bad_host_redirect(self, request: web.Request) -> web.Response:
         # Host names no resolver can look up (so never looked up): invalid punycode, an
         # empty label, a space
-        hosts = {"punycode": "xn--a.example", "empty-label": ".example", "space": "a b.example"}
-        raise web.HTTPFound(f"http://{hosts[request.match_info['kind']]}/a.jpg")
+        hosts = {
+            "punycode": "xn--a.example",
+            "empty-label": ".example",
+            "space": "a b.example",
+            "broken": "[::1]:80x@",  # yarl cannot even split it
+        }
+        location = f"http://{hosts[request.match_info['kind']]}/a.jpg"
+        return web.Response(status=302, headers={"Location": location})  # HTTPFound parses it
 
     async def _loop_redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop/b" if request.match_info["side"] == "a" else "/loop/a")

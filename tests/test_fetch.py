@@ -157,7 +157,12 @@ async def test_redirect_loop_is_detected(server: FaultServer) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "host"),
-    [("punycode", "xn--a.example"), ("empty-label", ".example"), ("space", "a b.example")],
+    [
+        ("punycode", "xn--a.example"),
+        ("empty-label", ".example"),
+        ("space", "a b.example"),
+        ("broken", "[::1]:80x@"),
+    ],
 )
 async def test_redirect_to_a_host_name_the_resolver_refuses_is_a_bad_redirect(
     server: FaultServer, kind: str, host: str

@@ -30,6 +30,7 @@ from crawler.seeds import (
         ("https://example.com:443/%7euser/", "https://example.com/~user/"),
         ("https://example.com:8443/a%2Fb?q=%C3%A9", "https://example.com:8443/a%2Fb?q=%C3%A9"),
         ("http://bücher.example/", "http://xn--bcher-kva.example/"),
+        ("http://EXAMPLE,X.bücher/", "http://example,x.xn--bcher-kva/"),  # not a DNS name
         ("  http://example.com/x.jpg  ", "http://example.com/x.jpg"),
         ("file:///srv/images/../images/a.jpg", "file:///srv/images/a.jpg"),
     ],
@@ -61,7 +62,7 @@ def test_urls_taken_without_parsing_normalise_as_parsed(seed: str) -> None:
 
 
 _SEED_PIECES = st.sampled_from(
-    [*"aZ09.-_~/\\:@[]%#?& \t\0é", "xn--", "%00", "%2F", "/..", ":80", "://", "\ud800"]
+    [*"aZ09.-_~/\\:@[]%#?&$,( \t\0é。", "xn--", "%00", "%2F", "/..", ":80", "://", "\ud800"]
 )
 _SEED_LINES = st.one_of(
     st.text(),
@@ -81,6 +82,7 @@ def test_any_seed_line_is_normalised_or_refused_with_a_seed_error(line: str) -> 
         assert str(exc)
     else:
         assert normalised.startswith(("http://", "https://", "file:///"))
+        assert normalise_url(normalised) == normalised  # one key for one URL
 
 
 @pytest.mark.parametrize(

@@ -229,6 +229,7 @@ async def test_phash_distance_gives_imagekits_documented_values(sqlite_url: str)
         ("/v1/metadata", {"url": "http://"}, "refusing to fetch"),
         ("/v1/metadata", {"url": "http://\U000f678a.test/a.jpg"}, "not a valid URL"),
         ("/v1/metadata", {"url": "http://example.com:99999/a.jpg"}, "not a valid URL"),
+        ("/v1/metadata", {"url": "http://[::1]:80x@/a.jpg"}, "not a valid URL"),
     ],
 )
 async def test_bad_parameters_are_400_with_a_json_error(
