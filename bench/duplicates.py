@@ -63,7 +63,7 @@ def planted_catalogue(rows: int, seed: int) -> tuple[list[CrawlResult], list[lis
 
 
 def planted_pairs(results: list[CrawlResult], clusters: list[list[str]]) -> Iterator[tuple]:
-    hashes = {result.url: result.metadata["pHash"] for result in results}
+    hashes = {result.url: result.metadata["pHash"] for result in results if result.metadata}
     for cluster in clusters:
         for a, b in combinations(cluster, 2):
             if distance(hashes[a], hashes[b]) <= MAX_DISTANCE:

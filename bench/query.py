@@ -49,7 +49,7 @@ def database_url(dialect: str, rows: int) -> str:
 def recreate(dialect: str, url: str) -> None:
     if dialect == "sqlite":
         for suffix in ("", "-wal", "-shm"):
-            Path(sa.make_url(url).database + suffix).unlink(missing_ok=True)
+            Path(f"{sa.make_url(url).database}{suffix}").unlink(missing_ok=True)
         return
     name = sa.make_url(url).database
     admin = sa.create_engine(ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"))

@@ -132,7 +132,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for name, value in values.items():
         kind = fields[name].type
         key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             kwargs[name] = _build(kind, value, prefix=f"{key}.")
         else:
             kwargs[name] = _coerce(key, kind, value)

@@ -90,7 +90,7 @@ class Validators:
     last_modified: str | None = None
 
     def headers(self) -> dict[str, str]:
-        headers = {}
+        headers: dict[str, str] = {}
         if self.etag:
             headers[hdrs.IF_NONE_MATCH] = self.etag
         if self.last_modified:

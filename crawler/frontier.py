@@ -64,7 +64,7 @@ def add_seeds(
     requeue: Sequence[str] = (),
     run_started: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    batch_stored: Callable[[], None] = lambda: None,
+    batch_stored: Callable[[], object] = lambda: None,
 ) -> SeedingReport:
     """Insert ``seeds`` as pending rows (bad ones as failed, reason ``bad_url``), in batches
     of ``SEED_BATCH_SIZE``; a ``None`` among them ends a batch early (the input paused).

@@ -61,8 +61,8 @@ def _parse_legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
     parts = text.split(".")
     if len(parts) > 4:
         return None
-    values = [_parse_ipv4_part(part) for part in parts]
-    if any(value is None for value in values):
+    values = [value for part in parts if (value := _parse_ipv4_part(part)) is not None]
+    if len(values) != len(parts):
         return None
     *leading, last = values
     if any(value >= 256 for value in leading) or last >= _IPV4_PART_LIMITS[len(parts)]:

@@ -397,7 +397,7 @@ def _authenticated_client(request: web.Request, api_keys: tuple[str, ...]) -> st
     """Who is asking: the API key's position among the keys, or the peer address without keys."""
     if not api_keys:
         return f"address {request.remote}"
-    challenge = {hdrs.WWW_AUTHENTICATE: 'Basic realm="crawler", charset="UTF-8"'}
+    challenge: dict[str, str] = {hdrs.WWW_AUTHENTICATE: 'Basic realm="crawler", charset="UTF-8"'}
     header = request.headers.get(hdrs.AUTHORIZATION)
     if header is None:
         raise UnauthorizedError("an API key is required", challenge)

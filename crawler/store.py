@@ -183,10 +183,10 @@ def _exif_datetime(value: Any) -> datetime | None:
 def _coordinate(value: Any, ref: Any, negative_ref: str, limit: float) -> float | None:
     """Signed decimal degrees from EXIF degrees/minutes/seconds and an N/S or E/W reference."""
     parts = value if isinstance(value, list) else [value]
-    numbers = [_number(part) for part in parts[:3]]
-    if not numbers or None in numbers:
+    numbers = [number for part in parts[:3] if (number := _number(part)) is not None]
+    if not numbers or len(numbers) < len(parts[:3]):
         return None
-    degrees = sum(n / 60**i for i, n in enumerate(numbers))  # type: ignore[operator]
+    degrees = sum(number / 60**i for i, number in enumerate(numbers))
     if abs(degrees) > limit:
         return None
     return -degrees if (_text(ref) or "").upper().startswith(negative_ref) else degrees

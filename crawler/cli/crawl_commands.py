@@ -79,7 +79,7 @@ def run(
     options = CrawlOptions(retry_failed=retry_failed, refresh=refresh, worker_id=worker_id)
     show_bar = not quiet and sys.stderr.isatty()
     with ProgressBar() if show_bar else nullcontext() as bar:
-        summary = run_crawl(seeds, settings, options=options, progress=bar and bar.update)
+        summary = run_crawl(seeds, settings, options=options, progress=bar.update if bar else None)
     if as_json:
         click.echo(to_json(summary.as_dict()))
     elif not quiet:
