@@ -242,13 +242,13 @@ def _expand(text: str) -> Iterator[Seed]:
         yield Seed(text, problem=str(exc))
         return
     path = local_path(url)
-    if path is not None and _is_directory(path):
-        yield from (Seed(_path_url(file)) for file in _image_files(path))
+    if path is not None and is_directory(path):
+        yield from (Seed(_path_url(file)) for file in image_files(path))
     else:
         yield Seed(url)
 
 
-def _is_directory(path: Path) -> bool:
+def is_directory(path: Path) -> bool:
     """Whether ``path`` is a directory; a path the system cannot even look up (a name too
     long, say) is not: its URL fails when it is read, like any unreadable file."""
     try:
@@ -257,7 +257,7 @@ def _is_directory(path: Path) -> bool:
         return False
 
 
-def _image_files(directory: Path) -> Iterator[Path]:
+def image_files(directory: Path) -> Iterator[Path]:
     """Image files under ``directory``, recursively, in a stable order."""
     for root, dirs, files in os.walk(directory):
         dirs.sort()

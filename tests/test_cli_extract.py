@@ -105,6 +105,24 @@ def test_extract_fails_an_image_over_the_time_limit_and_goes_on(tmp_path: Path) 
     assert err == f"Error: {slow}: extraction took over 0.5 s (crawl.extract_timeout)\n"
 
 
+def test_extract_of_a_directory_gives_every_image_under_it(tmp_path: Path) -> None:
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "one.JPG").write_bytes(CANON.read_bytes())
+    (tmp_path / "a.jpg").write_bytes(CANON.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    empty = tmp_path / "b" / "empty"
+    empty.mkdir()
+    code, out, err = run("extract", str(tmp_path))
+    assert code == 0 and err == ""
+    lines = [json.loads(line) for line in out.splitlines()]
+    expected = [str(tmp_path / "a.jpg"), str(tmp_path / "b" / "c" / "one.JPG")]
+    assert [line.pop("source") for line in lines] == expected
+    assert lines == [extract(CANON.read_bytes()).metadata] * 2
+    code, out, err = run("extract", str(empty))
+    assert (code, out) == (1, "")
+    assert err == f"Error: {empty}: no image files in this directory\n"
+
+
 def test_extract_honours_the_hash_algorithm_and_pixel_limit() -> None:
     code, out, _ = run("extract", str(CANON), "--hash-algorithm", "imagehash")
     assert code == 0

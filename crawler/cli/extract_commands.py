@@ -8,7 +8,7 @@ from crawler.cli.common import EXIT_ERROR, format_option, handle_errors, setting
 from crawler.config import HASH_ALGORITHMS
 from crawler.errors import CrawlerError
 from crawler.extract import Extraction, phash
-from crawler.oneshot import extract_sources
+from crawler.oneshot import extract_sources, names_a_directory
 from crawler.output import to_json, write_rows
 
 
@@ -32,17 +32,18 @@ def extract(
 ) -> None:
     """Print ImageKit's metadata object of each image as JSON.
 
-    One input prints pretty JSON; several print one line each (`source` added), in the
-    order given, while they are read and extracted in parallel. Errors go to stderr, one
-    line each; the exit code is 1 if any input failed. An image whose extraction takes
-    longer than crawl.extract_timeout fails.
+    A directory stands for every image file under it. One image prints pretty JSON;
+    several print one line each (`source` added), in the order given, while they are read
+    and extracted in parallel. Errors go to stderr, one line each; the exit code is 1 if
+    any input failed. An image whose extraction takes longer than crawl.extract_timeout
+    fails.
 
     Example: crawler extract photo.jpg https://example.com/cat.png --jsonl
     """
     settings = settings_from(
         ctx, **{"extract.hash_algorithm": hash_algorithm, "extract.pixel_limit": pixel_limit}
     )
-    one_pretty = len(sources) == 1 and not jsonl
+    one_pretty = len(sources) == 1 and not jsonl and not names_a_directory(sources[0])
     failures: list[str] = []
 
     def print_result(source: str, result: Extraction | CrawlerError) -> None:
