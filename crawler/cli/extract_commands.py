@@ -1,4 +1,4 @@
-"""``crawler extract`` and ``crawler distance``: the metadata object of one image at a time."""
+"""``crawler extract`` and ``crawler distance``: metadata objects and pHash distances."""
 
 import sys
 
