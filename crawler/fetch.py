@@ -406,7 +406,7 @@ class Fetcher:
             location = response.headers[hdrs.LOCATION]
             try:
                 return _Redirect(_redirect_target(url, location))
-            except (ValueError, IndexError):  # IndexError: yarl on some broken authorities
+            except ValueError:
                 raise FetchError(
                     f"{url}: redirect to an invalid URL {location!r}",
                     "bad_redirect",
@@ -512,7 +512,10 @@ def _redirect_target(url: URL, location: str) -> URL:
     """``location`` resolved against ``url``. Raises ValueError if it is not a usable URL,
     a host name the resolver would refuse included (yarl decodes the host only when asked:
     UnicodeError, a ValueError, for invalid punycode)."""
-    target = url.join(URL(location))
+    try:
+        target = url.join(URL(location))
+    except IndexError:  # yarl, on some broken authorities such as "[::1]:80x@"
+        raise ValueError(f"cannot split {location!r} into a URL") from None
     if target.host is not None and (problem := host_problem(target.host)):
         raise ValueError(problem)
     return target

@@ -80,7 +80,7 @@ async def _extract_all(sources: Sequence[str], settings: Settings, report: Repor
 
 
 async def _report_first(
-    in_flight: deque[tuple[str, "asyncio.Task[Extraction | CrawlerError]"]], report: Report
+    in_flight: deque[tuple[str, asyncio.Task[Extraction | CrawlerError]]], report: Report
 ) -> None:
     source, extraction = in_flight.popleft()
     report(source, await extraction)
