@@ -103,24 +103,55 @@ def _batches(seeds: Iterable[Seed | None]) -> Iterator[list[Seed]]:
 def _insert_seeds(connection: sa.Connection, dialect: str, batch: list[Seed]) -> list[str]:
     """Insert the new seeds of ``batch``; returns the status of each row added."""
     now = utc_now()
-    unique = {seed.url: seed for seed in batch}  # one statement must not name a URL twice
+    unique = {seed.url: seed for seed in batch}.values()  # a statement names a URL once
     rows = [
         {
             "url": seed.url,
             "status": "failed" if seed.problem else "pending",
             "reason": "bad_url" if seed.problem else None,
             "error": seed.problem,
-            "updated_at": now,
         }
-        for seed in unique.values()
+        for seed in unique
     ]
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # One cached statement, many parameter sets: compiling a 1000-row VALUES list per batch
-    # would cost more than the insert itself.
-    statement = (
-        insert(images).on_conflict_do_nothing(index_elements=["url"]).returning(images.c.status)
+    if dialect == "postgresql":
+        arrays = {f"{name}s": [row[name] for row in rows] for name in _SEED_COLUMNS}
+        result = connection.execute(_POSTGRESQL_SEED_INSERT, arrays | {"now": now})
+    else:
+        result = connection.execute(
+            _SQLITE_SEED_INSERT, [row | {"updated_at": now} for row in rows]
+        )
+    return list(result.scalars())
+
+
+_SEED_COLUMNS = ("url", "status", "reason", "error")
+
+
+def _postgresql_seed_insert() -> sa.Insert:
+    """The batch as one array per column, unnested: a short statement. psycopg parses a
+    long one's placeholders in Python on every execution, so a 1,000-row VALUES list cost
+    ~40 µs of CPU per seed (5 with arrays)."""
+    arrays = (
+        sa.func.unnest(
+            *(sa.bindparam(f"{name}s", type_=postgresql.ARRAY(sa.Text)) for name in _SEED_COLUMNS)
+        )
+        .table_valued(*_SEED_COLUMNS)
+        .render_derived()
     )
-    return list(connection.execute(statement, rows).scalars())
+    now = sa.bindparam("now", type_=images.c.updated_at.type)
+    return (
+        postgresql.insert(images)
+        .from_select([*_SEED_COLUMNS, "updated_at"], sa.select(*arrays.c, now))
+        .on_conflict_do_nothing(index_elements=["url"])
+        .returning(images.c.status)
+    )
+
+
+# On SQLite, one cached statement and many parameter sets: compiling a 1000-row VALUES
+# list per batch would cost more than the insert itself.
+_SQLITE_SEED_INSERT = (
+    sqlite.insert(images).on_conflict_do_nothing(index_elements=["url"]).returning(images.c.status)
+)
+_POSTGRESQL_SEED_INSERT = _postgresql_seed_insert()
 
 
 def _requeue(

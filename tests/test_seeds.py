@@ -182,7 +182,7 @@ def test_duplicates_after_normalisation_make_one_row(db_url: str, tmp_path: Path
             rows = connection.execute(
                 sa.select(images.c.url, images.c.status, images.c.reason).order_by(images.c.url)
             ).all()
-    assert (first.seeds, first.added, again.added) == (5, 3, 0)
+    assert (first.seeds, first.added, first.invalid, again.added) == (5, 3, 1, 0)
     assert [tuple(row) for row in rows] == [
         ("ftp://example.com/c.jpg", "failed", "bad_url"),
         ("https://example.com/a.jpg", "pending", None),
