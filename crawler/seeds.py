@@ -64,7 +64,9 @@ class SeedError(SourceError):
 
 @dataclass(frozen=True)
 class Seed:
-    """One unit of work: a normalised URL, or the raw line and why it cannot be crawled."""
+    """One unit of work: a normalised URL, or the raw line and why it cannot be crawled
+    (with U+0000 as U+FFFD in both: PostgreSQL text cannot hold it, and the catalogue keeps
+    the line as the row's key)."""
 
     url: str
     problem: str | None = None
@@ -239,13 +241,17 @@ def _expand(text: str) -> Iterator[Seed]:
     try:
         url = normalise_url(text)
     except SeedError as exc:
-        yield Seed(text, problem=str(exc))
+        yield Seed(_without_nul(text), problem=_without_nul(str(exc)))
         return
     path = local_path(url)
     if path is not None and is_directory(path):
         yield from (Seed(_path_url(file)) for file in image_files(path))
     else:
         yield Seed(url)
+
+
+def _without_nul(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
 
 
 def is_directory(path: Path) -> bool:

@@ -188,3 +188,23 @@ def test_duplicates_after_normalisation_make_one_row(db_url: str, tmp_path: Path
         ("https://example.com/a.jpg", "pending", None),
         ("https://example.com/b.jpg", "pending", None),
     ]
+
+
+def test_a_line_with_a_nul_byte_is_a_failed_row_on_either_database(
+    db_url: str, tmp_path: Path
+) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes(b"nul\x00byte.jpg\n\x00\nhttps://example.com/a\x00b.jpg\n")
+    with open_catalogue(db_url) as catalogue:
+        report = add_seeds(catalogue, iter_seeds(seeds))
+        with catalogue.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(images.c.url, images.c.status, images.c.error).order_by(images.c.url)
+            ).all()
+    assert (report.added, report.invalid) == (3, 2)
+    assert [(row.url, row.status) for row in rows] == [
+        ("https://example.com/a%00b.jpg", "pending"),  # a URL's NUL is percent-encoded
+        ("nul\ufffdbyte.jpg", "failed"),  # PostgreSQL text cannot hold U+0000
+        ("\ufffd", "failed"),
+    ]
+    assert "not a usable path" in rows[1].error and "\x00" not in rows[1].error
