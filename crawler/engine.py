@@ -149,6 +149,8 @@ def run_crawl(
         return uvloop.run(crawl.run())
     except asyncio.CancelledError:  # a second Ctrl-C: in-flight work was abandoned
         raise KeyboardInterrupt from None
+    except sa.exc.SQLAlchemyError as exc:  # the database went away, or is locked, say
+        raise CatalogueError(f"the catalogue failed during the crawl: {_first_line(exc)}") from exc
 
 
 class _Crawl:
@@ -391,8 +393,7 @@ class _Crawl:
             try:
                 await asyncio.to_thread(store_results, catalogue, results)
             except (sa.exc.SQLAlchemyError, ValueError) as exc:
-                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-                raise CatalogueError(f"cannot store crawl results: {first_line}") from exc
+                raise CatalogueError(f"cannot store crawl results: {_first_line(exc)}") from exc
         if unchanged:
             await asyncio.to_thread(mark_not_modified, catalogue, unchanged, utc_now())
         for result in results:
@@ -433,6 +434,11 @@ class _Crawl:
         finally:
             for number in handled:
                 loop.remove_signal_handler(number)
+
+
+def _first_line(exc: Exception) -> str:
+    """SQLAlchemy's messages go on with the statement and its parameters: not for a user."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _check_seed_file(path: Path) -> None:

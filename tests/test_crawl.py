@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from crawler import engine
+from crawler import catalogue, engine
 from crawler.catalogue import create_catalogue_engine, open_catalogue
 from crawler.cli import cli
 from crawler.config import Settings, load_settings
@@ -391,6 +392,31 @@ def test_a_crawl_whose_results_cannot_be_stored_stops_with_the_error(
     rows = stored_rows(db_url)  # every URL is still to do, and free for the next run
     assert len(rows) == len(list(SAMPLES.iterdir()))
     assert {(row.status, row.claimed_by) for row in rows.values()} == {("pending", None)}
+
+
+@pytest.mark.timeout(60)
+def test_cli_reports_a_catalogue_another_program_keeps_locked_in_one_line(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalogue, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "catalogue.db"
+    db_url = f"sqlite:///{path}"
+    open_catalogue(db_url).close()  # the schema exists: the crawl waits at its first write
+    seeds = write_seeds(tmp_path / "seeds.txt", [str(SAMPLES / "Canon_40D.jpg")])
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another program's long write transaction
+    try:
+        result = CliRunner().invoke(
+            cli, ["--config", str(config), "--db", db_url, "run", str(seeds)]
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: the catalogue failed during the crawl: "
+        "(sqlite3.OperationalError) database is locked"
+    ]
 
 
 def test_cli_refuses_a_seed_list_that_is_not_a_regular_file(tmp_path: Path) -> None:
