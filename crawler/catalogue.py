@@ -151,6 +151,13 @@ def upgrade_catalogue(catalogue: Catalogue) -> tuple[str | None, str]:
                 f"cannot upgrade catalogue at {catalogue.url} from revision {before}: {exc} "
                 "(was it made by a newer crawler?)"
             ) from None
+        except sa.exc.DBAPIError as exc:  # e.g. a table of another program's in the way
+            problem = database_problem(exc)
+            if before is None:
+                problem += " (the catalogue needs a new database, or one crawler made)"
+            raise CatalogueError(
+                f"cannot upgrade catalogue at {catalogue.url} from revision {before}: {problem}"
+            ) from None
     return before, head_revision()
 
 
@@ -164,5 +171,16 @@ def _alembic_config() -> Config:
 def _connect(catalogue: Catalogue) -> sa.Connection:
     try:
         return catalogue.engine.connect()
-    except sa.exc.OperationalError as exc:
-        raise CatalogueError(f"cannot open catalogue at {catalogue.url}: {exc.orig}") from None
+    except sa.exc.DBAPIError as exc:  # no server, no such file, a file that is no database
+        raise CatalogueError(
+            f"cannot open catalogue at {catalogue.url}: {database_problem(exc)}"
+        ) from None
+
+
+def database_problem(exc: Exception) -> str:
+    """What a database error says, on one line: the driver's message where there is one
+    (SQLAlchemy's own goes on with the statement and its parameters; libpq puts hints on
+    lines of their own)."""
+    driver_error = getattr(exc, "orig", None)
+    message = str(driver_error) if driver_error is not None else str(exc)
+    return " ".join(message.split()) or type(exc).__name__

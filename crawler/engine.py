@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvloop
 
-from crawler.catalogue import Catalogue, open_catalogue
+from crawler.catalogue import Catalogue, database_problem, open_catalogue
 from crawler.config import Settings
 from crawler.errors import CatalogueError, CrawlerError, SourceError
 from crawler.extraction_pool import (
@@ -150,7 +150,8 @@ def run_crawl(
     except asyncio.CancelledError:  # a second Ctrl-C: in-flight work was abandoned
         raise KeyboardInterrupt from None
     except sa.exc.SQLAlchemyError as exc:  # the database went away, or is locked, say
-        raise CatalogueError(f"the catalogue failed during the crawl: {_first_line(exc)}") from exc
+        problem = database_problem(exc)
+        raise CatalogueError(f"the catalogue failed during the crawl: {problem}") from exc
 
 
 class _Crawl:
@@ -393,7 +394,8 @@ class _Crawl:
             try:
                 await asyncio.to_thread(store_results, catalogue, results)
             except (sa.exc.SQLAlchemyError, ValueError) as exc:
-                raise CatalogueError(f"cannot store crawl results: {_first_line(exc)}") from exc
+                problem = database_problem(exc)
+                raise CatalogueError(f"cannot store crawl results: {problem}") from exc
         if unchanged:
             await asyncio.to_thread(mark_not_modified, catalogue, unchanged, utc_now())
         for result in results:
@@ -434,11 +436,6 @@ class _Crawl:
         finally:
             for number in handled:
                 loop.remove_signal_handler(number)
-
-
-def _first_line(exc: Exception) -> str:
-    """SQLAlchemy's messages go on with the statement and its parameters: not for a user."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _check_seed_file(path: Path) -> None:

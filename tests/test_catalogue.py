@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 
 from crawler.catalogue import (
     _alembic_config,
+    create_catalogue_engine,
     current_revision,
     head_revision,
     open_catalogue,
@@ -124,8 +126,29 @@ def test_unsupported_or_broken_urls_are_config_errors() -> None:
 
 
 def test_unreachable_database_is_one_line_error() -> None:
-    with pytest.raises(CatalogueError, match="cannot open catalogue at postgresql"):
+    with pytest.raises(CatalogueError, match="cannot open catalogue at postgresql") as raised:
         open_catalogue("postgresql://nobody@127.0.0.1:1/none")
+    assert "\n" not in str(raised.value)  # libpq puts its hint on a line of its own
+
+
+def test_a_file_that_is_not_a_database_is_a_catalogue_error(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("https://example.com/a.jpg\n" * 100)  # --db pointed at the wrong file
+    with pytest.raises(
+        CatalogueError, match=r"^cannot open catalogue at .*: file is not a database$"
+    ):
+        open_catalogue(f"sqlite:///{seeds}")
+
+
+def test_a_database_with_its_own_images_table_is_a_catalogue_error(db_url: str) -> None:
+    engine = create_catalogue_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE images (name TEXT)"))
+    engine.dispose()
+    with pytest.raises(
+        CatalogueError, match=r"from revision None: .*already exists .*a new database"
+    ):
+        open_catalogue(db_url)
 
 
 def test_sqlite_connections_are_prepared(tmp_path) -> None:

@@ -414,8 +414,7 @@ def test_cli_reports_a_catalogue_another_program_keeps_locked_in_one_line(
         holder.close()
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: the catalogue failed during the crawl: "
-        "(sqlite3.OperationalError) database is locked"
+        "Error: the catalogue failed during the crawl: database is locked"
     ]
 
 
