@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from crawler.catalogue import Catalogue, open_catalogue
@@ -303,6 +304,16 @@ def test_cli_commands(db_url: str) -> None:
     assert err.startswith("Error: bad pHash 'xyz'")
     code, _, err = run_cli(db_url, "show", "https://a.test/missing")
     assert (code, err.startswith("Error: no image")) == (1, True)
+
+
+def test_cli_reports_a_catalogue_broken_after_it_opened_in_one_line(db_url: str) -> None:
+    with open_catalogue(db_url) as catalogue, catalogue.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE images RENAME TO images_gone"))  # revision stays
+    for command in (["stats"], ["query-similar", "00000000000000fe"], ["export"]):
+        code, out, err = run_cli(db_url, *command)
+        assert (code, out, err.count("\n")) == (1, "", 1), command
+        assert err.startswith("Error: the catalogue failed: ")
+        assert "images" in err  # "no such table: images", 'relation "images" does not exist'
 
 
 def test_hashes_of_another_algorithm_are_never_compared(catalogue: Catalogue, db_url: str) -> None:

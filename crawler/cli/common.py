@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import sqlalchemy as sa
 
 from crawler import __version__
+from crawler.catalogue import database_problem
 from crawler.config import Settings, load_settings
 from crawler.errors import CrawlerError
 from crawler.output import FORMATS
@@ -68,6 +70,8 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except CrawlerError as exc:
             fail(str(exc))
+        except sa.exc.SQLAlchemyError as exc:  # the catalogue broke after it opened
+            fail(f"the catalogue failed: {database_problem(exc)}")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
