@@ -37,6 +37,11 @@ def names_a_directory(source: str) -> bool:
     return "://" not in source and is_directory(Path(source))
 
 
+def is_one_image(sources: Sequence[str]) -> bool:
+    """Whether ``sources`` stand for a single image: one source, and not a directory."""
+    return len(sources) == 1 and not names_a_directory(sources[0])
+
+
 def _images(sources: Iterable[str]) -> Iterator[tuple[str, CrawlerError | None]]:
     """Each source, or each image file under a source that is a directory; a directory
     with none comes with its error."""
@@ -54,7 +59,7 @@ def _images(sources: Iterable[str]) -> Iterator[tuple[str, CrawlerError | None]]
 async def _extract_all(sources: Sequence[str], settings: Settings, report: Report) -> None:
     crawl = dataclasses.replace(settings.crawl, robots=False)
     processes = pool_size(crawl.extract_workers)
-    if len(sources) == 1 and not names_a_directory(sources[0]):
+    if is_one_image(sources):
         processes = 1
     pool = ExtractionPool(processes, settings.extract, crawl.extract_timeout)
     async with Fetcher(crawl) as fetcher, pool:

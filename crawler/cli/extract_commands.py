@@ -8,7 +8,7 @@ from crawler.cli.common import EXIT_ERROR, format_option, handle_errors, setting
 from crawler.config import HASH_ALGORITHMS
 from crawler.errors import CrawlerError
 from crawler.extract import Extraction, phash
-from crawler.oneshot import extract_sources, names_a_directory
+from crawler.oneshot import extract_sources, is_one_image
 from crawler.output import to_json, write_rows
 
 
@@ -43,7 +43,7 @@ def extract(
     settings = settings_from(
         ctx, **{"extract.hash_algorithm": hash_algorithm, "extract.pixel_limit": pixel_limit}
     )
-    one_pretty = len(sources) == 1 and not jsonl and not names_a_directory(sources[0])
+    one_pretty = is_one_image(sources) and not jsonl
     failures: list[str] = []
 
     def print_result(source: str, result: Extraction | CrawlerError) -> None:
