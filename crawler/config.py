@@ -31,6 +31,7 @@ class TimeoutSettings:
     connect: float = 10.0
     read: float = 30.0
     total: float = 120.0
+    url: float = 180.0  # one URL's deadline, across tries and redirects
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RetrySettings:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
+    host_failures: int = 8  # requests in a row that fail to connect before a host is down
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class CrawlSettings:
     concurrency: int = 32
     per_host_concurrency: int = 4
     per_host_delay: float = 0.0
+    per_host_delay_max: float = 15.0  # the longest robots.txt Crawl-delay honoured
     user_agent: str = "crawler/0.1 (+https://github.com/crawler-project/crawler)"
     robots: bool = True
     max_redirects: int = 5
@@ -53,7 +56,8 @@ class CrawlSettings:
     extract_workers: int = 0  # 0: one per core
     extract_timeout: float = 60.0
     batch_size: int = 100
-    claim_timeout: float = 600.0
+    lease_seconds: float = 30.0
+    max_url_length: int = 8192
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
 
@@ -121,11 +125,18 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     values[key] = value
 
 
+# Settings that are gone, and what took their place.
+RENAMED = {"crawl.claim_timeout": "crawl.lease_seconds (a lease its crawler's heartbeat renews)"}
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table of settings")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    for name in unknown:
+        if (key := f"{prefix}{name}") in RENAMED:
+            raise ConfigError(f"{key}: no longer a setting; see {RENAMED[key]}")
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown setting")
     kwargs = {}
@@ -184,6 +195,8 @@ def _bounded(settings: Settings) -> dict[str, tuple[int, int]]:
         "crawl.concurrency": (settings.crawl.concurrency, 10_000),
         "crawl.extract_workers": (settings.crawl.extract_workers, 256),
         "crawl.batch_size": (settings.crawl.batch_size, 10_000),
+        "crawl.max_url_length": (settings.crawl.max_url_length, 1_000_000),
+        "crawl.retries.host_failures": (settings.crawl.retries.host_failures, 1_000),
     }
 
 
@@ -193,7 +206,10 @@ def _validate(settings: Settings) -> None:
         "crawl.per_host_concurrency": settings.crawl.per_host_concurrency,
         "crawl.max_size": settings.crawl.max_size,
         "crawl.batch_size": settings.crawl.batch_size,
-        "crawl.claim_timeout": settings.crawl.claim_timeout,
+        "crawl.lease_seconds": settings.crawl.lease_seconds,
+        "crawl.max_url_length": settings.crawl.max_url_length,
+        "crawl.retries.host_failures": settings.crawl.retries.host_failures,
+        "crawl.timeouts.url": settings.crawl.timeouts.url,
         "crawl.extract_timeout": settings.crawl.extract_timeout,
         "crawl.timeouts.connect": settings.crawl.timeouts.connect,
         "crawl.timeouts.read": settings.crawl.timeouts.read,
@@ -205,6 +221,7 @@ def _validate(settings: Settings) -> None:
     }
     non_negative = {
         "crawl.per_host_delay": settings.crawl.per_host_delay,
+        "crawl.per_host_delay_max": settings.crawl.per_host_delay_max,
         "crawl.max_redirects": settings.crawl.max_redirects,
         "crawl.extract_workers": settings.crawl.extract_workers,
         "crawl.retries.backoff_base": settings.crawl.retries.backoff_base,
@@ -220,6 +237,7 @@ def _validate(settings: Settings) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be 0 or more, got {value}")
+    _validate_delays(settings.crawl)
     if settings.extract.hash_algorithm not in HASH_ALGORITHMS:
         raise ConfigError(
             f"extract.hash_algorithm: expected one of {', '.join(HASH_ALGORITHMS)}, "
@@ -229,3 +247,20 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"serve.port: expected 1..65535, got {settings.serve.port}")
     if not settings.database.url.strip():
         raise ConfigError("database.url: must not be empty")
+
+
+def _validate_delays(crawl: CrawlSettings) -> None:
+    """A host's delay must fit in a lease: a crawler starts a request only while its lease
+    will still hold when the delay has passed, so the next holder cannot start too soon.
+    (A robots.txt Crawl-delay is capped at half the lease too: see ``longest_delay``.)"""
+    if crawl.per_host_delay > longest_delay(crawl):
+        raise ConfigError(
+            f"crawl.per_host_delay: at most half of crawl.lease_seconds "
+            f"({longest_delay(crawl):g} s), got {crawl.per_host_delay:g}; "
+            "raise crawl.lease_seconds for longer delays"
+        )
+
+
+def longest_delay(crawl: CrawlSettings) -> float:
+    """The longest delay a host can be given: half the lease."""
+    return crawl.lease_seconds / 2

@@ -1,10 +1,12 @@
-"""The crawl: seeds -> frontier (the catalogue) -> fetch workers -> extraction processes -> store.
+"""The crawl: seeds -> frontier (the catalogue) -> scheduler -> downloader -> extraction -> store.
 
-One asyncio loop runs a seeder (a thread streaming the seed list into the catalogue), a
-feeder that claims batches of pending rows, ``crawl.concurrency`` fetch workers, and a
-writer that stores results in batches. Decoding and hashing run in a process pool sized to
-the cores so they never block the loop; database work runs in threads. Every queue is
-bounded, so memory does not grow with the seed list.
+One asyncio loop runs a seeder (a thread streaming the seed list into the catalogue), the
+feeder that keeps the scheduler stocked with hosts and rows claimed from the catalogue
+(``crawler.feeder``), ``crawl.concurrency`` download workers that take from the scheduler
+only requests their host allows now (``crawler.downloader``), and a writer that stores
+results in batches. Decoding and hashing run in a process pool sized to the cores so they
+never block the loop; database work runs in threads. Every queue is bounded, so memory
+does not grow with the seed list.
 
 Every claimed URL ends as a stored row (ok, failed or skipped with a reason) or, when the
 crawl is stopped, is released unfetched for the next run. SIGINT/SIGTERM stop claiming,
@@ -19,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ import uvloop
 
 from crawler.catalogue import Catalogue, database_problem, open_catalogue
 from crawler.config import Settings
+from crawler.downloader import Downloader, Outcome, politeness_of
 from crawler.errors import CatalogueError, CrawlerError, SourceError
 from crawler.extraction_pool import (
     ExtractionPool,
@@ -37,26 +40,24 @@ from crawler.extraction_pool import (
     ExtractionTimedOut,
     pool_size,
 )
-from crawler.fetch import Fetched, Fetcher, FetchError, UrlCheck
+from crawler.feeder import Feeder
+from crawler.fetch import Fetched, Fetcher, UrlCheck
 from crawler.frontier import (
     Claim,
     SeedingReport,
     add_seeds,
-    claim,
-    count_claimable,
-    default_worker_id,
+    count_pending,
+    default_crawler_name,
     mark_not_modified,
-    release,
-    release_dead_claims,
     utc_now,
 )
+from crawler.scheduler import Job, Scheduler
 from crawler.seeds import STDIN, iter_seeds
 from crawler.store import CrawlResult, store_results
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0  # longest a finished result waits in memory before it is stored
-IDLE_POLL_SECONDS = 0.2  # longest wait for work while the seeder is still adding it
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class CrawlOptions:
 
     retry_failed: bool = False
     refresh: bool = False
-    worker_id: str | None = None  # default: host:pid
+    worker_id: str | None = None  # the crawler's name in claims; default host:pid
     check_url: UrlCheck | None = None
 
 
@@ -166,19 +167,15 @@ class _Crawl:
         self._settings = settings
         self._crawl = settings.crawl
         self._options = options
-        self._worker_id = options.worker_id or default_worker_id()
         self._report_progress = progress or (lambda _progress: None)
         self._progress = CrawlProgress()
         self._by_status: Counter[str] = Counter()
         self._by_reason: Counter[str] = Counter()
         self._stopping = False
-        self._seeding_done = asyncio.Event()
-        self._seeds_stored = asyncio.Event()  # set by each batch of seeds, and at the end
-        self._work: asyncio.Queue[Claim | None] = asyncio.Queue(self._crawl.concurrency)
         self._results: asyncio.Queue[CrawlResult | _NotModified | None] = asyncio.Queue(
             self._crawl.batch_size * 2
         )
-        self._unstarted: list[str] = []
+        self._scheduler: Scheduler[Claim] = Scheduler(politeness_of(self._crawl))
 
     async def run(self) -> CrawlSummary:
         # Made first: its processes load the extraction code while the catalogue opens.
@@ -188,20 +185,28 @@ class _Crawl:
             self._crawl.extract_timeout,
         )
         catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
+        name = self._options.worker_id or default_crawler_name()
+        feeder = Feeder(catalogue, self._scheduler, self._crawl, name, self._count_many)
         try:
-            await asyncio.to_thread(release_dead_claims, catalogue, self._worker_id)
+            await feeder.start()
             with self._signals_handled():
                 async with (
                     pool,
                     Fetcher(self._crawl, check_url=self._options.check_url) as fetcher,
                 ):
-                    report = await self._pipeline(catalogue, fetcher, pool)
+                    downloader = Downloader(
+                        fetcher, self._scheduler, self._crawl, self._deliverer(pool), feeder
+                    )
+                    report = await self._pipeline(catalogue, feeder, downloader)
         finally:
-            await asyncio.to_thread(release, catalogue, self._worker_id)
-            catalogue.close()
-        if report.invalid:
-            self._by_status["failed"] += report.invalid
-            self._by_reason["bad_url"] += report.invalid
+            self._scheduler.close()
+            try:
+                if feeder.crawler_id:
+                    await feeder.finish()
+            finally:
+                catalogue.close()
+        for reason, rows in report.invalid.items():
+            self._count_many(reason, rows)
         return CrawlSummary(
             seeds=report.seeds,
             added=report.added,
@@ -214,15 +219,12 @@ class _Crawl:
         )
 
     async def _pipeline(
-        self, catalogue: Catalogue, fetcher: Fetcher, pool: ExtractionPool
+        self, catalogue: Catalogue, feeder: Feeder, downloader: Downloader[Claim]
     ) -> SeedingReport:
-        seeder = asyncio.create_task(self._seed(catalogue))
+        seeder = asyncio.create_task(self._seed(catalogue, feeder))
         writer = asyncio.create_task(self._write(catalogue))
-        workers = [
-            asyncio.create_task(self._fetch_worker(fetcher, pool))
-            for _ in range(self._crawl.concurrency)
-        ]
-        crawling = asyncio.create_task(self._crawl_all(catalogue, workers))
+        workers = [asyncio.create_task(downloader.work()) for _ in range(self._crawl.concurrency)]
+        crawling = asyncio.create_task(self._crawl_all(feeder, workers))
         try:
             # The writer ends when the crawl is done, unless storing fails: then nobody
             # empties the results queue, and the crawl must stop with that error instead.
@@ -231,19 +233,18 @@ class _Crawl:
                 writer.result()
             await crawling
             await writer
-            if self._unstarted:
-                await asyncio.to_thread(release, catalogue, self._worker_id, self._unstarted)
             return await seeder
         finally:
             for task in (seeder, writer, crawling, *workers):
                 task.cancel()
 
-    async def _crawl_all(self, catalogue: Catalogue, workers: list[asyncio.Task[None]]) -> None:
-        await self._feed(catalogue)
+    async def _crawl_all(self, feeder: Feeder, workers: list[asyncio.Task[None]]) -> None:
+        await feeder.run(lambda: self._stopping)
+        self._scheduler.close()
         await asyncio.gather(*workers)
         await self._results.put(None)
 
-    async def _seed(self, catalogue: Catalogue) -> SeedingReport:
+    async def _seed(self, catalogue: Catalogue, feeder: Feeder) -> SeedingReport:
         requeue = (("failed",) if self._options.retry_failed else ()) + (
             ("ok",) if self._options.refresh else ()
         )
@@ -252,108 +253,66 @@ class _Crawl:
             report = await asyncio.to_thread(
                 add_seeds,
                 catalogue,
-                iter_seeds(self._seeds_path, should_stop=lambda: self._stopping),
+                iter_seeds(
+                    self._seeds_path,
+                    should_stop=lambda: self._stopping,
+                    max_url_length=self._crawl.max_url_length,
+                ),
                 requeue=requeue,
                 run_started=utc_now(),
                 should_stop=lambda: self._stopping,
-                batch_stored=lambda: loop.call_soon_threadsafe(self._seeds_stored.set),
+                batch_stored=lambda: loop.call_soon_threadsafe(feeder.seeds_stored.set),
             )
         except BaseException:
-            self._stopping = True  # drain what is in flight, then report the error
+            self._stop()  # drain what is in flight, then report the error
             raise
         finally:
-            self._seeding_done.set()
-            self._seeds_stored.set()
-        claimable = await asyncio.to_thread(
-            count_claimable, catalogue, self._worker_id, self._crawl.claim_timeout
-        )
-        self._progress.total = self._progress.stored + claimable
+            feeder.seeding_done.set()
+            feeder.seeds_stored.set()
+        pending = await asyncio.to_thread(count_pending, catalogue)
+        self._progress.total = self._progress.stored + pending
         self._report_progress(self._progress)
         return report
 
-    async def _feed(self, catalogue: Catalogue) -> None:
-        """Claim pending rows into the work queue until there are none left, or a stop.
+    def _deliverer(self, pool: ExtractionPool) -> Callable[[Job[Claim], Outcome], Any]:
+        async def deliver(job: Job[Claim], outcome: Outcome) -> None:
+            await self._results.put(await self._result(pool, job, outcome))
 
-        The queue is nearly always full, so claiming only the room left in it would claim
-        one row per statement: claim a batch and hand it over one row at a time instead.
-        """
-        batch = min(self._crawl.batch_size, self._crawl.concurrency)
-        claimed: deque[Claim] = deque()
-        while not self._stopping:
-            seeding_was_done = self._seeding_done.is_set()
-            self._seeds_stored.clear()  # before claiming: no batch stored after is missed
-            claimed.extend(
-                await asyncio.to_thread(
-                    claim, catalogue, self._worker_id, batch, self._crawl.claim_timeout
-                )
-            )
-            if not claimed:
-                if seeding_was_done:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._seeds_stored.wait(), IDLE_POLL_SECONDS)
-            while claimed and not self._stopping:
-                await self._work.put(claimed[0])
-                claimed.popleft()
-        self._unstarted += [item.url for item in claimed]
-        for _ in range(self._crawl.concurrency):
-            await self._work.put(None)
+        return deliver
 
-    async def _fetch_worker(self, fetcher: Fetcher, pool: ExtractionPool) -> None:
-        while (item := await self._work.get()) is not None:
-            if self._stopping:
-                self._unstarted.append(item.url)
-                continue
-            try:
-                result = await self._process(fetcher, pool, item)
-            except Exception as exc:  # a bug must fail one URL, not the crawl
-                log.exception("crawling %s failed unexpectedly", item.url)
-                result = CrawlResult(
-                    item.url,
-                    "failed",
-                    "internal_error",
-                    f"{type(exc).__name__}: {exc}",
-                    fetched_at=utc_now(),
-                )
-            await self._results.put(result)
-
-    async def _process(
-        self, fetcher: Fetcher, pool: ExtractionPool, item: Claim
+    async def _result(
+        self, pool: ExtractionPool, job: Job[Claim], outcome: Outcome
     ) -> CrawlResult | _NotModified:
         fetched_at = utc_now()
-        try:
-            fetched = await fetcher.fetch(item.url, item.validators)
-        except FetchError as exc:
+        if isinstance(outcome, CrawlerError):  # a FetchError, or refused by check_url
             return CrawlResult(
-                url=item.url,
-                status="skipped" if exc.skipped else "failed",
-                reason=exc.reason,
-                error=str(exc),
-                final_url=exc.final_url,
-                http_status=exc.http_status,
+                url=job.url,
+                status="skipped" if getattr(outcome, "skipped", False) else "failed",
+                reason=outcome.reason,
+                error=str(outcome),
+                final_url=getattr(outcome, "final_url", None),
+                http_status=getattr(outcome, "http_status", None),
                 fetched_at=fetched_at,
             )
-        except CrawlerError as exc:  # refused by check_url
-            return CrawlResult(item.url, "failed", exc.reason, str(exc), fetched_at=fetched_at)
-        if fetched.not_modified:
-            return _NotModified(item.url)
-        self._progress.bytes += fetched.size
-        outcome = await self._extract(pool, fetched)
+        if outcome.not_modified:
+            return _NotModified(job.url)
+        self._progress.bytes += outcome.size
+        extracted = await self._extract(pool, outcome)
         return CrawlResult(
-            url=item.url,
-            status="failed" if "reason" in outcome else "ok",
-            reason=outcome.get("reason"),
-            error=outcome.get("error"),
-            final_url=fetched.final_url,
-            http_status=fetched.http_status,
-            etag=fetched.etag,
-            last_modified=fetched.last_modified,
-            content_type=fetched.content_type,
-            sha256=outcome["sha256"],
+            url=job.url,
+            status="failed" if "reason" in extracted else "ok",
+            reason=extracted.get("reason"),
+            error=extracted.get("error"),
+            final_url=outcome.final_url,
+            http_status=outcome.http_status,
+            etag=outcome.etag,
+            last_modified=outcome.last_modified,
+            content_type=outcome.content_type,
+            sha256=extracted["sha256"],
             fetched_at=fetched_at,
-            metadata=outcome.get("metadata"),
-            hash_algorithm=outcome.get("hash_algorithm"),
-            warnings=outcome.get("warnings", ()),
+            metadata=extracted.get("metadata"),
+            hash_algorithm=extracted.get("hash_algorithm"),
+            warnings=extracted.get("warnings", ()),
         )
 
     async def _extract(self, pool: ExtractionPool, fetched: Fetched) -> dict[str, Any]:
@@ -406,6 +365,16 @@ class _Crawl:
             self._report_progress(self._progress)
         return []
 
+    def _count_many(self, reason: str, rows: int) -> None:
+        """``rows`` failed with ``reason`` without a result of their own (bad seeds, the
+        rows of a host that is down)."""
+        for _ in range(rows):
+            self._count("failed", reason)
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._scheduler.wanted.set()  # the feeder sees it at once
+
     def _count(self, status: str, reason: str | None) -> None:
         self._by_status[status] += 1
         if reason:
@@ -425,7 +394,7 @@ class _Crawl:
                 main.cancel()
                 return
             log.warning("stopping: finishing the URLs in flight (signal again to abandon them)")
-            self._stopping = True
+            self._stop()
 
         # Signal handlers can only be set from the main thread; elsewhere the caller stops us.
         handled = stop_signals if threading.current_thread() is threading.main_thread() else ()

@@ -1,37 +1,24 @@
-"""Fetching image bytes politely: one shared aiohttp session, bounded in every direction.
+"""Reading image bytes: one HTTP request, or one local file, bounded in every direction.
 
-Redirects are followed by hand so that every hop passes ``check_url`` (the HTTP API plugs its
-address policy in there) and robots.txt. Bodies are streamed and abandoned as soon as they
-pass ``crawl.max_size`` or their first bytes are not an image. Connection errors, timeouts and
-408/429/500/502/503/504 are retried with exponential backoff and full jitter; 429 and 503
-honour Retry-After up to ``crawl.retries.retry_after_max``.
-
-robots.txt (RFC 9309): a 4xx answer means no rules (allow all); a 5xx answer or an
-unreachable server means "complete disallow", reported as a *failed* fetch with reason
-``robots_unavailable`` so that ``--retry-failed`` tries again later, unlike a real
-disallow, which is *skipped* with reason ``robots``.
+This is the downloader's hand, not its head: which URL to fetch when, retries, redirects
+and robots.txt are the scheduler's and the downloader's (``crawler.scheduler``,
+``crawler.downloader``). Every request passes ``check_url`` first (the HTTP API plugs its
+address policy in there). Bodies are streamed and abandoned as soon as they pass
+``crawl.max_size`` or their first bytes are not an image.
 """
 
-import asyncio
-import dataclasses
 import email.utils
 import functools
 import logging
-import random
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Self
 
 import aiofiles
 import aiohttp
 from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver
-from protego import Protego
 from yarl import URL
 
 from crawler.config import CrawlSettings
@@ -40,11 +27,9 @@ from crawler.seeds import host_problem, local_path
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SNIFF_SIZE = 16  # enough bytes for every signature in image_signature()
-ROBOTS_CACHE_HOSTS = 10_000
 ROBOTS_MAX_SIZE = 500 * 1024  # RFC 9309: parse at least 500 KiB
 ROBOTS_REDIRECTS = 5  # RFC 9309: follow at least five
 DNS_CACHE_SECONDS = 300
@@ -76,10 +61,6 @@ class FetchError(CrawlerError):
         self.retry_after = retry_after
         if status is not None:
             self.status = status
-
-    @property
-    def retryable(self) -> bool:
-        return self.reason in ("timeout", "connection_error") or self.http_status in RETRY_STATUSES
 
 
 @dataclass(frozen=True)
@@ -125,8 +106,11 @@ class Fetched:
 
 
 @dataclass(frozen=True)
-class _Redirect:
+class Redirect:
+    """A redirect answer: where to go next."""
+
     location: URL
+    http_status: int
 
 
 def image_signature(head: bytes) -> str | None:
@@ -165,110 +149,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2**attempt))
-
-
-class _HostGate:
-    """Per-host concurrency limit and minimum delay between request starts."""
-
-    def __init__(self, limit: int, delay: float) -> None:
-        self._limit = limit
-        self._delay = delay
-        self._slots: dict[str, tuple[asyncio.Semaphore, list[float]]] = {}
-        self._users: dict[str, int] = {}
-
-    @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        semaphore, last_start = self._slots.setdefault(
-            host, (asyncio.Semaphore(self._limit), [0.0])
-        )
-        self._users[host] = self._users.get(host, 0) + 1
-        try:
-            async with semaphore:
-                await self._wait_turn(last_start)
-                yield
-        finally:
-            self._users[host] -= 1
-            if not self._users[host] and time.monotonic() - last_start[0] >= self._delay:
-                # Forget idle hosts so that a crawl over millions of hosts stays small.
-                del self._users[host], self._slots[host]
-
-    async def _wait_turn(self, last_start: list[float]) -> None:
-        if self._delay:
-            wait = last_start[0] + self._delay - time.monotonic()
-            last_start[0] = time.monotonic() + max(wait, 0.0)
-            if wait > 0:
-                await asyncio.sleep(wait)
-        else:
-            last_start[0] = time.monotonic()
-
-
-RobotsRules = Protego | FetchError | None  # parsed rules, the error to report, or allow all
-
-
-class _Robots:
-    """robots.txt per scheme and host, fetched once and kept for the most recent hosts."""
-
-    def __init__(self, fetch_text: Callable[[URL], Awaitable[tuple[int, str]]], agent: str) -> None:
-        self._fetch_text = fetch_text
-        self._agent = agent
-        self._rules: OrderedDict[str, RobotsRules] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[RobotsRules]] = {}
-
-    async def check(self, url: URL) -> None:
-        rules = await self._rules_for(url)
-        if isinstance(rules, FetchError):
-            raise rules
-        if rules is not None and not rules.can_fetch(str(url), self._agent):
-            raise FetchError(f"{url}: disallowed by robots.txt", "robots", skipped=True, status=403)
-
-    async def _rules_for(self, url: URL) -> RobotsRules:
-        origin = str(url.origin())
-        if origin in self._rules:
-            self._rules.move_to_end(origin)
-            return self._rules[origin]
-        if origin in self._pending:
-            return await asyncio.shield(self._pending[origin])
-        future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
-        self._pending[origin] = future
-        try:
-            rules = await self._load(url.origin())
-            future.set_result(rules)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it from their own await
-            raise
-        finally:
-            del self._pending[origin]
-        self._rules[origin] = rules
-        if len(self._rules) > ROBOTS_CACHE_HOSTS:
-            self._rules.popitem(last=False)
-        return rules
-
-    async def _load(self, origin: URL) -> RobotsRules:
-        robots_url = origin / "robots.txt"
-        try:
-            status, text = await self._fetch_text(robots_url)
-        except FetchError as exc:
-            if exc.http_status is not None and 400 <= exc.http_status < 500:
-                return None
-            return FetchError(
-                f"{robots_url}: unavailable ({exc}); RFC 9309 says to fetch nothing",
-                "robots_unavailable",
-            )
-        if 200 <= status < 300:
-            return Protego.parse(text)
-        return None
-
-
 class Fetcher:
-    """Fetches images over one shared aiohttp session (and local files with aiofiles).
+    """One shared aiohttp session for every request (and aiofiles for local files).
 
-    ``check_url`` is awaited with every URL before it is requested, redirect hops included;
-    it raises to refuse one. ``resolver`` replaces aiohttp's DNS resolver (to pin checked
-    addresses). Use as an async context manager.
+    ``check_url`` is awaited with every URL before it is requested, robots.txt and its
+    redirect hops included; it raises to refuse one. ``resolver`` replaces aiohttp's DNS
+    resolver (to pin checked addresses). Use as an async context manager.
     """
 
     def __init__(
@@ -282,8 +168,6 @@ class Fetcher:
         self._check_url = check_url
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self._hosts = _HostGate(settings.per_host_concurrency, settings.per_host_delay)
-        self._robots = _Robots(self._fetch_robots_text, settings.user_agent)
         timeouts = settings.timeouts
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
@@ -311,18 +195,10 @@ class Fetcher:
             await self._session.close()
             self._session = None
 
-    async def fetch(self, url: str, validators: Validators | None = None) -> Fetched:
-        """The bytes at ``url`` (a normalised ``http(s)://`` or ``file://`` URL).
-
-        Raises ``FetchError`` with the reason of the final failure after retries.
-        """
+    async def read_local(self, url: str) -> Fetched:
+        """The bytes of the local file a ``file://`` URL names."""
         path = local_path(url)
-        if path is not None:
-            data = await self._read_local(url, path)
-            return Fetched(url=url, final_url=url, chunks=(data,))
-        return await self._fetch_web(url, validators or Validators())
-
-    async def _read_local(self, url: str, path: Path) -> bytes:
+        assert path is not None, f"{url} is not a file:// URL"
         limit = self._settings.max_size
         try:
             async with aiofiles.open(path, "rb") as handle:
@@ -336,60 +212,34 @@ class Fetcher:
         if len(data) > limit:
             raise _too_large(url, limit)
         _require_image(url, data)
-        return data
+        return Fetched(url=url, final_url=url, chunks=(data,))
 
-    async def _fetch_web(self, url: str, validators: Validators) -> Fetched:
-        seen: set[URL] = set()
-        current = URL(url, encoded=True)
-        for _ in range(self._settings.max_redirects + 1):
-            seen.add(current)
-            await self._admit(current)
-            outcome = await self._with_retries(current, validators)
-            if isinstance(outcome, Fetched):
-                return dataclasses.replace(outcome, url=url)
-            if outcome.location in seen:
-                raise FetchError(
-                    f"{url}: redirect loop at {outcome.location}",
-                    "redirect_loop",
-                    final_url=str(outcome.location),
-                )
-            current = outcome.location
-        raise FetchError(
-            f"{url}: more than {self._settings.max_redirects} redirects (crawl.max_redirects)",
-            "too_many_redirects",
-            final_url=str(current),
-        )
-
-    async def _admit(self, url: URL) -> None:
+    async def admit(self, url: URL) -> None:
+        """Refuse ``url`` unless it is http(s) and passes ``check_url``: before anything is
+        requested for it, its robots.txt included."""
         if url.scheme not in ("http", "https"):
             raise FetchError(f"{url}: redirect to unsupported scheme", "bad_url", status=400)
         if self._check_url is not None:
             await self._check_url(url)
-        if self._settings.robots:
-            await self._robots.check(url)
 
-    async def _with_retries(self, url: URL, validators: Validators) -> Fetched | _Redirect:
-        retries = self._settings.retries
-        for attempt in range(retries.attempts):
-            try:
-                return await self._request(url, validators)
-            except FetchError as exc:
-                if not exc.retryable or attempt == retries.attempts - 1:
-                    raise
-                delay = backoff_delay(attempt, retries.backoff_base, retries.backoff_max)
-                if exc.retry_after is not None:
-                    delay = min(exc.retry_after, retries.retry_after_max)
-                log.info("retrying %s in %.2fs after %s", url, delay, exc.reason)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: attempts >= 1 is validated")  # pragma: no cover
-
-    async def _request(self, url: URL, validators: Validators) -> Fetched | _Redirect:
+    async def request(
+        self, url: URL, validators: Validators | None = None, *, total: float | None = None
+    ) -> Fetched | Redirect:
+        """One GET of ``url`` (which has passed ``admit``; no redirect followed): the image,
+        or where it redirects. ``total``: seconds for the whole request, if less than
+        ``crawl.timeouts.total``. Raises ``FetchError``."""
+        validators = validators or Validators()
         session = self._require_session()
+        timeout = self._timeout
+        if total is not None and total < self._settings.timeouts.total:
+            timeouts = self._settings.timeouts
+            timeout = aiohttp.ClientTimeout(
+                total=total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            )
         try:
-            async with (
-                self._hosts.slot(url.host or ""),
-                session.get(url, headers=validators.headers(), allow_redirects=False) as response,
-            ):
+            async with session.get(
+                url, headers=validators.headers(), allow_redirects=False, timeout=timeout
+            ) as response:
                 return await self._handle(url, response, validators)
         except TimeoutError:
             raise FetchError(f"{url}: timed out", "timeout", status=504) from None
@@ -400,12 +250,12 @@ class Fetcher:
 
     async def _handle(
         self, url: URL, response: aiohttp.ClientResponse, validators: Validators
-    ) -> Fetched | _Redirect:
+    ) -> Fetched | Redirect:
         status = response.status
         if status in REDIRECT_STATUSES and hdrs.LOCATION in response.headers:
             location = response.headers[hdrs.LOCATION]
             try:
-                return _Redirect(_redirect_target(url, location))
+                return Redirect(_redirect_target(url, location), status)
             except ValueError:
                 raise FetchError(
                     f"{url}: redirect to an invalid URL {location!r}",
@@ -415,16 +265,7 @@ class Fetcher:
                 ) from None
         not_modified = status == 304 and bool(validators.etag or validators.last_modified)
         if not (not_modified or 200 <= status < 300):
-            retry_after = None
-            if status in RETRY_AFTER_STATUSES:
-                retry_after = parse_retry_after(response.headers.get(hdrs.RETRY_AFTER))
-            raise FetchError(
-                f"{url}: HTTP {status}",
-                f"http_{status}",
-                http_status=status,
-                final_url=str(url),
-                retry_after=retry_after,
-            )
+            raise _http_error(url, response)
         return Fetched(
             url=str(url),
             final_url=str(url),
@@ -459,9 +300,10 @@ class Fetcher:
             raise _too_large(str(url), limit, response.status)
         return tuple(chunks)
 
-    async def _fetch_robots_text(self, url: URL) -> tuple[int, str]:
-        """robots.txt, following up to ``ROBOTS_REDIRECTS`` redirects by hand, each hop
-        through ``check_url`` like any other request."""
+    async def robots_text(self, url: URL) -> tuple[int, str]:
+        """The status and text of the robots.txt at ``url``, following up to
+        ``ROBOTS_REDIRECTS`` redirects by hand, each hop through ``check_url`` like any other
+        request. Raises ``FetchError`` (with its HTTP status for 4xx and 5xx answers)."""
         for _ in range(ROBOTS_REDIRECTS + 1):
             if self._check_url is not None:
                 await self._check_url(url)
@@ -478,11 +320,7 @@ class Fetcher:
                 if response.status in REDIRECT_STATUSES and hdrs.LOCATION in response.headers:
                     return response.status, url.join(URL(response.headers[hdrs.LOCATION])), ""
                 if response.status >= 400:
-                    raise FetchError(
-                        f"{url}: HTTP {response.status}",
-                        f"http_{response.status}",
-                        http_status=response.status,
-                    )
+                    raise _http_error(url, response)
                 raw = bytearray()
                 while len(raw) < ROBOTS_MAX_SIZE and (chunk := await response.content.readany()):
                     raw += chunk
@@ -497,6 +335,20 @@ class Fetcher:
         if self._session is None:
             raise RuntimeError("Fetcher used outside 'async with'")
         return self._session
+
+
+def _http_error(url: URL, response: aiohttp.ClientResponse) -> FetchError:
+    status = response.status
+    retry_after = None
+    if status in RETRY_AFTER_STATUSES:
+        retry_after = parse_retry_after(response.headers.get(hdrs.RETRY_AFTER))
+    return FetchError(
+        f"{url}: HTTP {status}",
+        f"http_{status}",
+        http_status=status,
+        final_url=str(url),
+        retry_after=retry_after,
+    )
 
 
 def _too_large(url: str, limit: int, http_status: int | None = None) -> FetchError:

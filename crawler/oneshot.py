@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from crawler.config import Settings
+from crawler.downloader import Downloads
 from crawler.errors import CrawlerError, SourceError
 from crawler.extract import Extraction
 from crawler.extraction_pool import ExtractionPool, pool_size
-from crawler.fetch import Fetcher
 from crawler.seeds import image_files, is_directory, normalise_url
 
 Report = Callable[[str, Extraction | CrawlerError], None]
@@ -62,7 +62,7 @@ async def _extract_all(sources: Sequence[str], settings: Settings, report: Repor
     if is_one_image(sources):
         processes = 1
     pool = ExtractionPool(processes, settings.extract, crawl.extract_timeout)
-    async with Fetcher(crawl) as fetcher, pool:
+    async with Downloads(crawl, workers=crawl.concurrency) as downloads, pool:
 
         async def extraction_of(
             source: str, error: CrawlerError | None
@@ -70,7 +70,7 @@ async def _extract_all(sources: Sequence[str], settings: Settings, report: Repor
             if error is not None:
                 return error
             try:
-                fetched = await fetcher.fetch(normalise_url(source))
+                fetched = await downloads.fetch(normalise_url(source))
                 return (await pool.extraction(fetched.chunks, source))[0]
             except CrawlerError as exc:
                 return exc

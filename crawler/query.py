@@ -33,6 +33,7 @@ from crawler.models import (
     chunk_shift,
     images,
     phash_chunks,
+    url_key,
 )
 
 DEFAULT_MAX_DISTANCE: Final = 10
@@ -443,7 +444,7 @@ def _image_condition(key: str) -> sa.ColumnElement[bool]:
     """The row whose id is ``key`` when it is ASCII digits (``str.isdigit`` also accepts digits
     like "¹" that ``int`` refuses), else the row whose URL is ``key``."""
     if not _ASCII_DIGITS.fullmatch(key):
-        return images.c.url == key
+        return images.c.url_hash == url_key(key)
     image_id = int(key)
     # An id beyond BIGINT names no row; binding it would be a database error instead.
     return images.c.id == image_id if image_id <= _MAX_ID else sa.false()

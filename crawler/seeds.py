@@ -39,6 +39,8 @@ IMAGE_SUFFIXES = frozenset(
     }
 )
 STDIN = "-"  # the seed list that stands for standard input
+LOCAL_HOST = ""  # the host of local files: read without politeness, by any crawler
+DEFAULT_MAX_URL_LENGTH = 8192
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -54,6 +56,7 @@ _CANONICAL_WEB_URL = re.compile(
     rf"/(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?(?:\?[A-Za-z0-9._~=&-]+)?)(?:#.*)?"
 )
 _NOT_IN_A_HOST = re.compile(r"[\s\x00-\x1f\x7f]")
+_PLAIN_AUTHORITY = re.compile(r"https?://([a-z0-9.-]+)(?::[0-9]+)?/")
 
 
 class SeedError(SourceError):
@@ -62,14 +65,22 @@ class SeedError(SourceError):
     reason = "bad_url"
 
 
+class UrlTooLongError(SeedError):
+    """A seed (or a redirect target) longer than ``crawl.max_url_length``."""
+
+    reason = "url_too_long"
+
+
 @dataclass(frozen=True)
 class Seed:
-    """One unit of work: a normalised URL, or the raw line and why it cannot be crawled
-    (with U+0000 as U+FFFD in both: PostgreSQL text cannot hold it, and the catalogue keeps
-    the line as the row's key)."""
+    """One unit of work: a normalised URL and the host it is scheduled under, or the raw
+    line and why it cannot be crawled (with U+0000 as U+FFFD in both: PostgreSQL text
+    cannot hold it, and the catalogue keeps the line as the row's key)."""
 
     url: str
     problem: str | None = None
+    reason: str | None = None  # with a problem: bad_url or url_too_long
+    host: str | None = None
 
 
 def normalise_url(text: str) -> str:
@@ -161,23 +172,40 @@ def _path_url(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+def host_of(url: str) -> str | None:
+    """The host a normalised URL is scheduled under: its host name as the URL spells it
+    (IDNA-encoded, lower case, no port), ``LOCAL_HOST`` for a file, None if it has none."""
+    if url.startswith("file:"):
+        return LOCAL_HOST
+    if plain := _PLAIN_AUTHORITY.match(url):
+        return plain.group(1)
+    try:
+        host = URL(url).raw_host
+    except (ValueError, IndexError):  # IndexError: yarl on some broken authorities
+        return None
+    return host.lower() if host else None
+
+
 def local_path(url: str) -> Path | None:
     """The file a normalised ``file://`` URL names, or None for a web URL."""
     return Path(URL(url).path) if url.startswith("file:") else None
 
 
 def iter_seeds(
-    seeds_path: str | Path, should_stop: Callable[[], bool] = lambda: False
+    seeds_path: str | Path,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_url_length: int = DEFAULT_MAX_URL_LENGTH,
 ) -> Iterator[Seed | None]:
     """Every seed of the list at ``seeds_path`` (``-``: standard input), in order, streamed
     line by line. From standard input, ``None`` where the input pauses (the seeds so far
-    can be crawled meanwhile), and the end once ``should_stop()``: a pipe can stay open."""
+    can be crawled meanwhile), and the end once ``should_stop()``: a pipe can stay open.
+    A URL longer than ``max_url_length`` is a bad seed with reason ``url_too_long``."""
     try:
         for line in _stdin_lines(should_stop) if str(seeds_path) == STDIN else _lines(seeds_path):
             if line is None:
                 yield None
             elif (text := line.strip()) and not text.startswith("#"):
-                yield from _expand(text)
+                yield from _expand(text, max_url_length)
     except OSError as exc:
         reason = exc.strerror or exc
         name = "standard input" if str(seeds_path) == STDIN else seeds_path
@@ -237,17 +265,26 @@ def _read_stdin(pieces: "queue.Queue[bytes | OSError]") -> None:
         pieces.put(exc)
 
 
-def _expand(text: str) -> Iterator[Seed]:
+def _expand(text: str, max_url_length: int) -> Iterator[Seed]:
     try:
         url = normalise_url(text)
+        check_url_length(url, max_url_length)
     except SeedError as exc:
-        yield Seed(_without_nul(text), problem=_without_nul(str(exc)))
+        yield Seed(_without_nul(text), problem=_without_nul(str(exc)), reason=exc.reason)
         return
     path = local_path(url)
     if path is not None and is_directory(path):
-        yield from (Seed(_path_url(file)) for file in image_files(path))
+        yield from (Seed(_path_url(file), host=LOCAL_HOST) for file in image_files(path))
     else:
-        yield Seed(url)
+        yield Seed(url, host=host_of(url))
+
+
+def check_url_length(url: str, max_url_length: int) -> None:
+    """Raise ``UrlTooLongError`` when ``url`` is over ``max_url_length`` characters."""
+    if len(url) > max_url_length:
+        raise UrlTooLongError(
+            f"{url[:80]}...: {len(url)} characters, over {max_url_length} (crawl.max_url_length)"
+        )
 
 
 def _without_nul(text: str) -> str:

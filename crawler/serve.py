@@ -30,10 +30,11 @@ from yarl import URL
 
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import ServeSettings, Settings
+from crawler.downloader import Downloads
 from crawler.errors import ConfigError, CrawlerError
 from crawler.extract import Extraction, phash
 from crawler.extraction_pool import ExtractionPool, pool_size
-from crawler.fetch import Fetched, Fetcher
+from crawler.fetch import Fetched
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.output import to_json
 from crawler.query import DuplicateGroup, ImageNotFoundError, duplicates, show, similar
@@ -183,14 +184,19 @@ class UpstreamFetcher:
         # robots.txt is for crawlers; this fetches the one URL a client asked for, as a
         # browser would.
         crawl = dataclasses.replace(settings.crawl, robots=False)
-        self._fetcher = Fetcher(crawl, check_url=self._check_hop, resolver=resolver)
+        self._downloads = Downloads(
+            crawl,
+            workers=settings.serve.max_upstream_fetches,
+            check_url=self._check_hop,
+            resolver=resolver,
+        )
         self._slots = asyncio.Semaphore(settings.serve.max_upstream_fetches)
         self._pool: ExtractionPool | None = None
         self._pool_starting = asyncio.Lock()
         self._exit_stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:
-        await self._exit_stack.enter_async_context(self._fetcher)
+        await self._exit_stack.enter_async_context(self._downloads)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -209,7 +215,7 @@ class UpstreamFetcher:
         except SeedError as exc:
             raise BadURLError(str(exc)) from None
         async with self._slots:
-            fetched = await self._fetcher.fetch(url)
+            fetched = await self._downloads.fetch(url)
             pool = await self._started_pool()
             extraction, sha256 = await pool.extraction(fetched.chunks, fetched.url)
         return fetched, extraction, sha256

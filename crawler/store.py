@@ -1,7 +1,8 @@
 """Writes: crawl results into the catalogue, as batched, idempotent upserts keyed by URL.
 
 Storing a URL again replaces everything the earlier result said about it (and releases any
-crawler claim on it); only ``id``, ``first_seen_at`` and ``attempts`` are kept. The typed
+crawler claim on it); only ``id``, the URL's key and host, ``first_seen_at`` and
+``attempts`` are kept. The typed
 columns, the pHash chunks and the flattened EXIF are derived here from the metadata object.
 The object itself is kept twice: as JSON text in ``metadata_json``, exactly as extracted, for
 reading it back, and in ``metadata`` (JSONB on PostgreSQL) for SQL queries.
@@ -21,12 +22,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from crawler.catalogue import Catalogue
 from crawler.errors import CatalogueError
 from crawler.extract.phash import hex_to_signed
-from crawler.models import CHUNK_COLUMNS, STATUSES, images, phash_chunks
+from crawler.models import CHUNK_COLUMNS, STATUSES, images, phash_chunks, url_key
+from crawler.seeds import host_of
 
 BATCH_SIZE: Final = 500
 _INT32_MAX: Final = 2**31 - 1
 # Columns an upsert of an existing URL leaves alone.
-_KEPT_ON_UPDATE: Final = frozenset({"id", "url", "first_seen_at", "attempts"})
+_KEPT_ON_UPDATE: Final = frozenset({"id", "url", "url_hash", "host", "first_seen_at", "attempts"})
 # PostgreSQL text and JSONB cannot hold U+0000, which EXIF strings often contain. In
 # ``metadata_json`` it is the escape ``\u0000`` instead, so only ``metadata`` loses it.
 _NUL: Final = "\x00"
@@ -60,11 +62,16 @@ def store_results(catalogue: Catalogue, results: Sequence[CrawlResult]) -> None:
         return
     now = datetime.now(UTC)
     keep_nul = catalogue.dialect != "postgresql"
-    rows = [_storable(result_row(result, now), keep_nul) for result in results]
+    rows = [_keyed(_storable(result_row(result, now), keep_nul)) for result in results]
     statement = _upsert_statement(catalogue.dialect)
     with catalogue.engine.begin() as connection:
         for start in range(0, len(rows), BATCH_SIZE):
             connection.execute(statement, rows[start : start + BATCH_SIZE])
+
+
+def _keyed(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its key and host, from its URL as it will be stored."""
+    return row | {"url_hash": url_key(row["url"]), "host": host_of(row["url"])}
 
 
 def result_row(result: CrawlResult, now: datetime) -> dict[str, Any]:
@@ -218,4 +225,4 @@ def _upsert_statement(dialect: str) -> sa.Insert:
         for column in images.columns
         if column.name not in _KEPT_ON_UPDATE
     }
-    return statement.on_conflict_do_update(index_elements=["url"], set_=updated)
+    return statement.on_conflict_do_update(index_elements=["url_hash"], set_=updated)

@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 that serves images and every fault a crawl must survive.
+"""A real HTTP server on loopback (127.0.0.1, or another address given) that serves images
+and every fault a crawl must survive.
 
 It runs its own event loop in a thread, so synchronous tests (and crawler subprocesses)
 can use it. Routes (NAME is a key of ``files``):
@@ -39,11 +40,17 @@ LAST_MODIFIED = "Wed, 21 Oct 2026 07:28:00 GMT"
 
 class FaultServer:
     def __init__(
-        self, files: Mapping[str, bytes], *, image_delay: float = 0.0, robots_status: int = 200
+        self,
+        files: Mapping[str, bytes],
+        *,
+        image_delay: float = 0.0,
+        robots_status: int = 200,
+        address: str = "127.0.0.1",
     ) -> None:
         self.files = dict(files)
         self.image_delay = image_delay
         self.robots_status = robots_status
+        self.address = address
         self.hits: Counter[str] = Counter()
         self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.base = ""
@@ -87,10 +94,10 @@ class FaultServer:
             app, shutdown_timeout=0.5, handler_cancellation=True, access_log=None
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.address, 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.base = f"http://127.0.0.1:{port}"
+        self.base = f"http://{self.address}:{port}"
 
     async def _stop(self) -> None:
         if self._runner is not None:

@@ -74,7 +74,11 @@ def test_bad_value_names_its_key(tmp_path: Path) -> None:
         ("concurrency = 2.5", r"^crawl\.concurrency: expected an integer, got 2\.5"),
         ("concurrency = 1e400", r"^crawl\.concurrency: expected an integer, got inf"),
         ("per_host_delay = nan", r"^crawl\.per_host_delay: expected a finite number"),
-        ("claim_timeout = inf", r"^crawl\.claim_timeout: expected a finite number"),
+        ("lease_seconds = inf", r"^crawl\.lease_seconds: expected a finite number"),
+        (
+            "claim_timeout = 60",
+            r"^crawl\.claim_timeout: no longer a setting; see crawl\.lease_seconds",
+        ),
         ("concurrency = 32000000", r"^crawl\.concurrency: at most 10000, got 32000000"),
         ("extract_workers = 4000", r"^crawl\.extract_workers: at most 256"),
         ("batch_size = 1000000", r"^crawl\.batch_size: at most 10000"),

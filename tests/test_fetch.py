@@ -1,4 +1,5 @@
-"""The fetcher against a real server on 127.0.0.1: every fault ends in the right outcome."""
+"""Fetching one URL (the downloader's one-by-one API, ``Downloads``) against a real server
+on 127.0.0.1: every fault ends in the right outcome."""
 
 import asyncio
 import dataclasses
@@ -13,8 +14,9 @@ import pytest
 from yarl import URL
 
 from crawler.config import CrawlSettings, RetrySettings, TimeoutSettings
+from crawler.downloader import Downloads
 from crawler.errors import CrawlerError
-from crawler.fetch import Fetcher, FetchError, Validators, image_signature, parse_retry_after
+from crawler.fetch import FetchError, Validators, image_signature, parse_retry_after
 from tests.faultserver import FaultServer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
@@ -38,8 +40,8 @@ def server() -> Iterator[FaultServer]:
 
 
 async def fetch(url: str, settings: CrawlSettings = FAST, **kwargs: object) -> object:
-    async with Fetcher(settings) as fetcher:
-        return await fetcher.fetch(url, **kwargs)  # type: ignore[arg-type]
+    async with Downloads(settings, workers=settings.concurrency) as downloads:
+        return await downloads.fetch(url, **kwargs)  # type: ignore[arg-type]
 
 
 async def fetch_error(url: str, settings: CrawlSettings = FAST) -> FetchError:
@@ -129,8 +131,8 @@ async def test_redirect_chain_is_followed_hop_by_hop(server: FaultServer) -> Non
     async def record(url: URL) -> None:
         hops.append(url)
 
-    async with Fetcher(FAST, check_url=record) as fetcher:
-        fetched = await fetcher.fetch(server.url("/redirect/3/b.tiff"))
+    async with Downloads(FAST, workers=8, check_url=record) as downloads:
+        fetched = await downloads.fetch(server.url("/redirect/3/b.tiff"))
     assert fetched.data == TIFF
     assert fetched.final_url == server.url("/img/b.tiff")
     assert [hop.path for hop in hops] == [
@@ -181,18 +183,18 @@ async def test_check_url_refusal_stops_the_hop(server: FaultServer) -> None:
             raise Refused(f"{url}: not allowed")
 
     before = server.hits["/img/a.jpg"]
-    async with Fetcher(FAST, check_url=refuse_images) as fetcher:
+    async with Downloads(FAST, workers=8, check_url=refuse_images) as downloads:
         with pytest.raises(Refused):
-            await fetcher.fetch(server.url("/redirect/1/a.jpg"))
+            await downloads.fetch(server.url("/redirect/1/a.jpg"))
     assert server.hits["/img/a.jpg"] == before
 
 
 async def test_robots_disallow_skips_and_robots_txt_is_read_once() -> None:
     with FaultServer({"a.jpg": JPEG}) as own:
-        async with Fetcher(FAST) as fetcher:
+        async with Downloads(FAST, workers=8) as downloads:
             with pytest.raises(FetchError) as caught:
-                await fetcher.fetch(own.url("/private/a.jpg"))
-            await asyncio.gather(*(fetcher.fetch(own.url("/img/a.jpg")) for _ in range(3)))
+                await downloads.fetch(own.url("/private/a.jpg"))
+            await asyncio.gather(*(downloads.fetch(own.url("/img/a.jpg")) for _ in range(3)))
     assert (caught.value.reason, caught.value.skipped) == ("robots", True)
     assert own.hits["/private/a.jpg"] == 0
     assert own.hits["/robots.txt"] == 1
@@ -205,9 +207,9 @@ async def test_robots_redirects_pass_check_url() -> None:
         hops.append(url.path)
 
     with FaultServer({"a.jpg": JPEG}, robots_status=302) as own:
-        async with Fetcher(FAST, check_url=record) as fetcher:
+        async with Downloads(FAST, workers=8, check_url=record) as downloads:
             with pytest.raises(FetchError) as caught:
-                await fetcher.fetch(own.url("/private/a.jpg"))
+                await downloads.fetch(own.url("/private/a.jpg"))
     assert caught.value.reason == "robots"
     assert hops == ["/private/a.jpg", "/robots.txt", "/real-robots.txt"]
 
@@ -238,16 +240,16 @@ async def test_conditional_request_gets_not_modified(server: FaultServer) -> Non
 
 async def test_per_host_concurrency_limit(server: FaultServer) -> None:
     settings = dataclasses.replace(FAST, per_host_concurrency=1)
-    async with Fetcher(settings) as fetcher:
+    async with Downloads(settings, workers=8) as downloads:
         started = time.monotonic()
-        await asyncio.gather(*(fetcher.fetch(server.url("/slowimg/a.jpg")) for _ in range(3)))
+        await asyncio.gather(*(downloads.fetch(server.url("/slowimg/a.jpg")) for _ in range(3)))
     assert time.monotonic() - started >= 3 * server.image_delay
 
 
 async def test_per_host_delay_spaces_requests(server: FaultServer) -> None:
     settings = dataclasses.replace(FAST, per_host_delay=0.15)
-    async with Fetcher(settings) as fetcher:
-        await asyncio.gather(*(fetcher.fetch(server.url("/img/b.tiff")) for _ in range(3)))
+    async with Downloads(settings, workers=8) as downloads:
+        await asyncio.gather(*(downloads.fetch(server.url("/img/b.tiff")) for _ in range(3)))
     times = server.times["/img/b.tiff"][-3:]
     assert all(later - earlier >= 0.14 for earlier, later in itertools.pairwise(times))
 

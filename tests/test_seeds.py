@@ -14,6 +14,7 @@ from crawler.frontier import add_seeds
 from crawler.models import images
 from crawler.seeds import (
     _CANONICAL_WEB_URL,
+    LOCAL_HOST,
     Seed,
     SeedError,
     _normalise_parsed,
@@ -124,10 +125,10 @@ def test_seed_list_skips_comments_expands_directories_and_keeps_bad_lines(
     )
     *good, bad = iter_seeds(seeds)
     assert good == [
-        Seed("https://example.com/x.jpg"),
-        Seed((tree / "b.JPG").as_uri()),
-        Seed((tree / "2024" / "a.png").as_uri()),
-        Seed((tree / "2024" / "deep" / "c.webp").as_uri()),
+        Seed("https://example.com/x.jpg", host="example.com"),
+        Seed((tree / "b.JPG").as_uri(), host=LOCAL_HOST),
+        Seed((tree / "2024" / "a.png").as_uri(), host=LOCAL_HOST),
+        Seed((tree / "2024" / "deep" / "c.webp").as_uri(), host=LOCAL_HOST),
     ]
     assert bad.url == "ftp://example.com/y.jpg"
     assert "unsupported scheme" in (bad.problem or "")
@@ -138,8 +139,8 @@ def test_a_path_too_long_to_look_up_is_a_seed_not_an_error_of_the_list(tmp_path:
     seeds = tmp_path / "seeds.txt"
     seeds.write_text(f"{too_long}\nhttps://example.com/x.jpg\n")
     assert list(iter_seeds(seeds)) == [
-        Seed(too_long.as_uri()),
-        Seed("https://example.com/x.jpg"),
+        Seed(too_long.as_uri(), host=LOCAL_HOST),
+        Seed("https://example.com/x.jpg", host="example.com"),
     ]
 
 
@@ -182,7 +183,7 @@ def test_duplicates_after_normalisation_make_one_row(db_url: str, tmp_path: Path
             rows = connection.execute(
                 sa.select(images.c.url, images.c.status, images.c.reason).order_by(images.c.url)
             ).all()
-    assert (first.seeds, first.added, first.invalid, again.added) == (5, 3, 1, 0)
+    assert (first.seeds, first.added, first.invalid, again.added) == (5, 3, {"bad_url": 1}, 0)
     assert [tuple(row) for row in rows] == [
         ("ftp://example.com/c.jpg", "failed", "bad_url"),
         ("https://example.com/a.jpg", "pending", None),
@@ -201,7 +202,7 @@ def test_a_line_with_a_nul_byte_is_a_failed_row_on_either_database(
             rows = connection.execute(
                 sa.select(images.c.url, images.c.status, images.c.error).order_by(images.c.url)
             ).all()
-    assert (report.added, report.invalid) == (3, 2)
+    assert (report.added, report.invalid) == (3, {"bad_url": 2})
     assert [(row.url, row.status) for row in rows] == [
         ("https://example.com/a%00b.jpg", "pending"),  # a URL's NUL is percent-encoded
         ("nul\ufffdbyte.jpg", "failed"),  # PostgreSQL text cannot hold U+0000

@@ -11,18 +11,14 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from crawler.models import hex_view_sql
+
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CHUNK_COLUMNS = ("phash_c0", "phash_c1", "phash_c2", "phash_c3")
-
-# images_hex adds phash as 16 hex digits; to_hex and printf both print the 64 bits unsigned.
-HEX_EXPRESSION = {
-    "postgresql": "lpad(to_hex(phash), 16, '0')",
-    "sqlite": "printf('%016x', phash)",
-}
 
 
 def upgrade() -> None:
@@ -92,11 +88,7 @@ def upgrade() -> None:
         op.create_index(
             f"ix_images_{column}", "images", [column, "phash"], postgresql_include=["id"]
         )
-    hex_expression = HEX_EXPRESSION[op.get_bind().dialect.name]
-    op.execute(
-        "CREATE VIEW images_hex AS SELECT images.*, "
-        f"CASE WHEN phash IS NOT NULL THEN {hex_expression} END AS phash_hex FROM images"
-    )
+    op.execute(hex_view_sql(op.get_bind().dialect.name))
 
 
 def downgrade() -> None:
