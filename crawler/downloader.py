@@ -115,6 +115,7 @@ class Downloader(Generic[T]):
         self._fetcher = fetcher
         self._scheduler = scheduler
         self._settings = settings
+        self._retries = settings.retries
         self._deliver = deliver
         self._events = events
         self._robots = RobotsCache()
@@ -131,16 +132,31 @@ class Downloader(Generic[T]):
                 )
                 await self._deliver(ticket.job, error)
 
+    async def submit(self, job: Job[T], *, after: float = 0.0) -> None:
+        """Queue ``job`` under the host of its target (first in line when it has been tried
+        already), unless its host refuses it at once (see ``_refusal``)."""
+        host = self._scheduler.host(job.host_key)
+        if host is not None and (refusal := self._refusal(job, host)) is not None:
+            await self._deliver(job, refusal)
+            return
+        self._scheduler.add(job, front=job.deadline is not None, after=after)
+
     async def _serve(self, ticket: Ticket[T]) -> None:
+        """One request, in three steps: what the answer says of the host is applied while
+        the request still holds its slot, so that no other request to the host starts
+        before a pause or a new delay; then the slot is freed; then the job moves on."""
         job = ticket.job
         if job.deadline is None:
             job.deadline = ticket.started + self._settings.timeouts.url
         try:
             answer = await self._ask(ticket)
+            verdict = self._learn(ticket, answer)
         finally:
             self._scheduler.finish(ticket)
-        await self._settle(ticket, answer)
+        await self._route(ticket, answer, verdict)
         self._scheduler.forget_if_done(ticket.host)
+
+    # -- one request ----------------------------------------------------------------------
 
     async def _ask(self, ticket: Ticket[T]) -> _Answer:
         job = ticket.job
@@ -176,34 +192,113 @@ class Downloader(Generic[T]):
             return _RobotsRead(RobotsRules())  # 4xx: no rules
         return _RobotsRead(RobotsRules.from_answer(status, text))
 
-    async def _settle(self, ticket: Ticket[T], answer: _Answer) -> None:
-        job, host = ticket.job, ticket.host
+    # -- what the answer says of the host ---------------------------------------------------
+
+    def _learn(self, ticket: Ticket[T], answer: _Answer) -> FetchError | None:
+        """Apply what ``answer`` says of its host: a closed or counting circuit breaker, a
+        pause, a robots.txt delay. Returns the error the host is given up with, if it is."""
+        host = ticket.host
         match answer:
-            case Fetched():
-                host.failures = host.throttles = 0
-                await self._deliver(job, dataclasses.replace(answer, url=job.url))
-            case Redirect():
-                host.failures = host.throttles = 0
-                await self._follow(job, host, answer)
+            case Fetched() | Redirect():
+                self._answered(host)
             case _RobotsRead():
-                self._robots.put(str(job.target.origin()), answer.rules)
-                host.robots_failures = host.failures = 0
+                self._robots.put(str(ticket.job.target.origin()), answer.rules)
+                host.robots_failures = 0
                 host.robots_delay = answer.rules.delay(self._settings.user_agent)
                 host.next_start = max(host.next_start, ticket.started + host.delay)
-                self._scheduler.changed(host)
-                await self._again(job, host, answer=None)
-            case _RobotsFailed():
-                await self._robots_failed(job, host, answer.error)
+                self._answered(host)
+            case _RobotsFailed(error) if error.reason in CONNECTION_REASONS:
+                return self._failed_to_connect(host, error)
+            case _RobotsFailed(error):
+                host.robots_failures += 1
+                if host.robots_failures >= self._retries.attempts:
+                    return self._give_up(host, _robots_unavailable(ticket.job, host, error))
+                self._pause(host, host.robots_failures, error.retry_after)
+                return host.given_up
             case FetchError() if answer.reason in CONNECTION_REASONS:
-                await self._connection_failed(job, host, answer)
+                return self._failed_to_connect(host, answer)
             case FetchError() if answer.http_status in THROTTLE_STATUSES:
-                await self._throttled(job, host, answer)
+                host.throttles += 1
+                self._pause(host, host.throttles, answer.retry_after)
+                return host.given_up
+        return None
+
+    def _answered(self, host: Host[T]) -> None:
+        """The host answered: its circuit breaker closes, it may take all its slots."""
+        host.failures = host.throttles = 0
+        host.probing = False
+        self._scheduler.changed(host)
+
+    def _failed_to_connect(self, host: Host[T], error: FetchError) -> FetchError | None:
+        host.failures += 1
+        if host.failures < self._retries.host_failures:
+            self._pause(host, host.failures)
+            return host.given_up
+        down = FetchError(
+            f"{host.key} is down: {host.failures} requests in a row failed "
+            f"(crawl.retries.host_failures); the last: {error}",
+            error.reason,
+            status=error.status,
+        )
+        return self._give_up(host, down)
+
+    def _pause(self, host: Host[T], failures: int, retry_after: float | None = None) -> None:
+        """Pause ``host`` for its Retry-After (capped), or exponentially by ``failures``."""
+        if retry_after is not None:
+            pause = min(retry_after, self._retries.retry_after_max)
+        else:
+            pause = pause_delay(failures - 1, self._retries.backoff_base, self._retries.backoff_max)
+        host.pause(self._scheduler.now() + pause)
+        self._scheduler.changed(host)
+        if self._events is not None:
+            self._events.host_paused(host)
+
+    def _give_up(self, host: Host[T], error: FetchError) -> FetchError:
+        """The host is down, or its robots.txt unavailable: nothing more is tried there
+        for a pause (its queued jobs fail in ``_route``)."""
+        if host.given_up is None:  # not already, by a request in flight beside this one
+            log.warning("giving up %s: %s", host.key, error)
+            host.given_up = error
+            host.abandoned = self._scheduler.take_jobs(host)
+            self._pause(host, max(host.failures, host.robots_failures))
+            if self._events is not None:
+                self._events.host_failed(host, error)
+        return host.given_up
+
+    # -- where the job goes -----------------------------------------------------------------
+
+    async def _route(self, ticket: Ticket[T], answer: _Answer, given_up: FetchError | None) -> None:
+        job, host = ticket.job, ticket.host
+        if given_up is not None:
+            await self._fail_given_up(job, host, given_up)
+            return
+        match answer:
+            case Fetched():
+                await self._deliver(job, dataclasses.replace(answer, url=job.url))
+            case Redirect():
+                await self._follow(job, host, answer)
+            case _RobotsRead():
+                await self._again(job, host)
+            case _RobotsFailed(error):
+                await self._again(job, host, error)  # not a try of the job
+            case FetchError() if answer.reason in CONNECTION_REASONS:
+                await self._try_again(job, host, answer)
+            case FetchError() if answer.http_status in THROTTLE_STATUSES:
+                await self._try_again(job, host, answer)
             case FetchError() if answer.http_status in RETRY_STATUSES:
-                retries = self._settings.retries
-                delay = backoff_delay(job.tries, retries.backoff_base, retries.backoff_max)
+                delay = backoff_delay(
+                    job.tries, self._retries.backoff_base, self._retries.backoff_max
+                )
                 await self._try_again(job, host, answer, after=delay)
             case _:
                 await self._deliver(job, answer)
+
+    async def _fail_given_up(self, job: Job[T], host: Host[T], error: FetchError) -> None:
+        """Fail ``job`` with the host's verdict, and the jobs it had queued."""
+        await self._deliver(job, error)
+        abandoned, host.abandoned = host.abandoned, []
+        for other in abandoned:
+            await self._deliver(other, _not_fetched(other, error))
 
     async def _follow(self, job: Job[T], host: Host[T], redirect: Redirect) -> None:
         location = redirect.location
@@ -232,80 +327,23 @@ class Downloader(Generic[T]):
                 return
         await self._deliver(job, error)
 
-    async def _connection_failed(
-        self, job: Job[T], host: Host[T], error: FetchError, *, a_try: bool = True
-    ) -> None:
-        """The host's circuit breaker counts ``error``; ``a_try``: it was the job's request
-        (not its origin's robots.txt), so the job has one try less."""
-        host.failures += 1
-        if host.failures >= self._settings.retries.host_failures:
-            down = FetchError(
-                f"{host.key} is down: {host.failures} requests in a row failed "
-                f"(crawl.retries.host_failures); the last: {error}",
-                error.reason,
-                status=error.status,
-            )
-            await self._give_up_host(job, host, down, host.failures)
-            return
-        self._pause(host, host.failures)
-        if a_try:
-            await self._try_again(job, host, error)
-        else:
-            await self._again(job, host, answer=error)
-
-    async def _throttled(self, job: Job[T], host: Host[T], error: FetchError) -> None:
-        host.throttles += 1
-        self._pause(host, host.throttles, error.retry_after)
-        await self._try_again(job, host, error)
-
-    async def _robots_failed(self, job: Job[T], host: Host[T], error: FetchError) -> None:
-        if error.reason in CONNECTION_REASONS:
-            await self._connection_failed(job, host, error, a_try=False)
-            return
-        host.robots_failures += 1
-        if host.robots_failures >= self._settings.retries.attempts:
-            unavailable = FetchError(
-                f"{job.target.origin()}/robots.txt: unavailable {host.robots_failures} times "
-                f"(the last: {error}); RFC 9309 says to fetch nothing",
-                "robots_unavailable",
-            )
-            await self._give_up_host(job, host, unavailable, host.robots_failures)
-            return
-        self._pause(host, host.robots_failures, error.retry_after)
-        await self._again(job, host, answer=error)
-
-    def _pause(self, host: Host[T], failures: int, retry_after: float | None = None) -> None:
-        """Pause ``host`` for its Retry-After (capped), or exponentially by ``failures``."""
-        retries = self._settings.retries
-        if retry_after is not None:
-            pause = min(retry_after, retries.retry_after_max)
-        else:
-            pause = pause_delay(failures - 1, retries.backoff_base, retries.backoff_max)
-        host.pause(self._scheduler.now() + pause)
-        self._paused(host)
-
-    def _paused(self, host: Host[T]) -> None:
-        self._scheduler.changed(host)
-        if self._events is not None:
-            self._events.host_paused(host)
-
     async def _try_again(
         self, job: Job[T], host: Host[T], error: FetchError, *, after: float = 0.0
     ) -> None:
         """Count a try of ``job``; queue it again unless it has none left."""
         job.tries += 1
-        if job.tries >= self._settings.retries.attempts:
+        if job.tries >= self._retries.attempts:
             await self._deliver(job, error)
             return
-        await self._again(job, host, answer=error, after=after)
+        await self._again(job, host, error, after=after)
 
     async def _again(
-        self, job: Job[T], host: Host[T], *, answer: FetchError | None, after: float = 0.0
+        self, job: Job[T], host: Host[T], error: FetchError | None = None, *, after: float = 0.0
     ) -> None:
         """Queue ``job`` at the front of its host again, unless that would start it past
         its deadline, or the host was given up meanwhile."""
-        if answer is not None:
-            job.last_error = answer
+        if error is not None:
+            job.last_error = error
         if host.given_up is not None:  # by a request that was in flight beside this one
             await self._deliver(job, _not_fetched(job, host.given_up))
             return
@@ -315,14 +353,13 @@ class Downloader(Generic[T]):
             return
         await self._queue(job, host, after=after)
 
-    async def submit(self, job: Job[T], *, after: float = 0.0) -> None:
-        """Queue ``job`` under the host of its target (first in line when it has been tried
-        already), unless its host refuses it at once (see ``_refusal``)."""
-        host = self._scheduler.host(job.host_key)
-        if host is not None and (refusal := self._refusal(job, host)) is not None:
-            await self._deliver(job, refusal)
+    async def _queue(self, job: Job[T], host: Host[T], *, after: float = 0.0) -> None:
+        """Queue ``job`` again; not when its host was held under a lease that has lapsed
+        (its row is another crawler's now)."""
+        if host.removed and host.leased and job.host_key == host.key:
+            log.info("%s: dropped, its host's lease lapsed", job.url)
             return
-        self._scheduler.add(job, front=job.deadline is not None, after=after)
+        await self.submit(job, after=after)
 
     def _refusal(self, job: Job[T], host: Host[T]) -> FetchError | None:
         """Why ``job`` fails without a try: its host was given up a moment ago, or (a job
@@ -333,22 +370,14 @@ class Downloader(Generic[T]):
             if paused:
                 return _not_fetched(job, host.given_up)
             host.given_up = None  # the pause is over: one request decides
-            host.failures = max(host.failures, self._settings.retries.host_failures - 1)
-        elif paused and job.deadline is None and host.failures >= self._settings.retries.attempts:
+            host.failures = max(host.failures, self._retries.host_failures - 1)
+        elif paused and job.deadline is None and host.failures >= self._retries.attempts:
             return FetchError(
                 f"{job.url}: not fetched: {host.key} failed {host.failures} times in a row; "
                 f"it is tried again in {host.paused_until - self._scheduler.now():.1f} s",
                 "connection_error",
             )
         return None
-
-    async def _queue(self, job: Job[T], host: Host[T], *, after: float = 0.0) -> None:
-        """Queue ``job`` again; not when its host was held under a lease that has lapsed
-        (its row is another crawler's now)."""
-        if host.removed and host.leased and job.host_key == host.key:
-            log.info("%s: dropped, its host's lease lapsed", job.url)
-            return
-        await self.submit(job, after=after)
 
     def _out_of_time(self, job: Job[T]) -> FetchError:
         last = job.last_error
@@ -365,22 +394,13 @@ class Downloader(Generic[T]):
             status=last.status,
         )
 
-    async def _give_up_host(
-        self, job: Job[T], host: Host[T], error: FetchError, failures: int
-    ) -> None:
-        """Fail ``job`` and every job of ``host`` not started yet with ``error``; the host
-        pauses as after ``failures`` failures before anything is tried there again."""
-        await self._deliver(job, error)
-        if host.given_up is not None:  # by a request that was in flight beside this one
-            return
-        log.warning("giving up %s: %s", host.key or "local files", error)
-        host.given_up = error
-        self._pause(host, failures)
-        queued = self._scheduler.take_jobs(host)
-        if self._events is not None:
-            self._events.host_failed(host, error)
-        for other in queued:
-            await self._deliver(other, _not_fetched(other, error))
+
+def _robots_unavailable(job: Job[Any], host: Host[Any], error: FetchError) -> FetchError:
+    return FetchError(
+        f"{job.target.origin()}/robots.txt: unavailable {host.robots_failures} times "
+        f"(the last: {error}); RFC 9309 says to fetch nothing",
+        "robots_unavailable",
+    )
 
 
 def _not_fetched(job: Job[Any], error: FetchError) -> FetchError:
@@ -402,7 +422,9 @@ class Downloads:
         resolver: AbstractResolver | None = None,
     ) -> None:
         self._fetcher = Fetcher(settings, check_url=check_url, resolver=resolver)
-        self._scheduler: Scheduler[asyncio.Future[Outcome]] = Scheduler(politeness_of(settings))
+        self._scheduler: Scheduler[asyncio.Future[Outcome]] = Scheduler(
+            politeness_of(settings), probe_new_hosts=settings.robots
+        )
         self._downloader = Downloader(self._fetcher, self._scheduler, settings, self._deliver)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []

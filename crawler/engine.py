@@ -175,7 +175,9 @@ class _Crawl:
         self._results: asyncio.Queue[CrawlResult | _NotModified | None] = asyncio.Queue(
             self._crawl.batch_size * 2
         )
-        self._scheduler: Scheduler[Claim] = Scheduler(politeness_of(self._crawl))
+        self._scheduler: Scheduler[Claim] = Scheduler(
+            politeness_of(self._crawl), probe_new_hosts=self._crawl.robots
+        )
 
     async def run(self) -> CrawlSummary:
         # Made first: its processes load the extraction code while the catalogue opens.

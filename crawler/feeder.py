@@ -44,6 +44,7 @@ from crawler.frontier import (
     count_pending,
     forget_dead_local_crawlers,
     give_up_host,
+    hosts_share,
     live_crawlers,
     release,
     release_host,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # longest wait between two looks at the catalogue while idle
 MIN_ROUND_SECONDS = 0.02  # shortest time between two rounds (bounds the feeder's CPU)
+SHARE_SECONDS = 1.0  # how often the fair share of hosts is worked out again
 STUCK_ROUNDS = 3  # idle rounds with pending rows nobody holds before the hosts are repaired
 RowsFailed = Callable[[str, int], None]
 
@@ -69,6 +71,7 @@ class _Held:
     host: Host[Claim]
     done_at: int | None = None  # the work version up to which it had no more rows for us
     given_up: bool = False
+    handing_over: bool = False  # more than our share: not refilled, let go once idle
 
 
 class Feeder:
@@ -94,6 +97,8 @@ class Feeder:
         self._local_exhausted = False
         self._last_empty_acquire = -math.inf
         self._stuck_rounds = 0
+        self._fair_share = self._max_hosts  # alone, until the first look
+        self._share_checked = -math.inf
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
         self.seeding_done = asyncio.Event()
@@ -188,6 +193,8 @@ class Feeder:
             held.done_at = None
 
     async def _stock(self) -> None:
+        if time.monotonic() - self._share_checked > SHARE_SECONDS:
+            await self._check_share()
         await self._let_go_of_drained_hosts()
         limits = self._refill_limits()
         if limits:
@@ -196,9 +203,26 @@ class Feeder:
         if idle and time.monotonic() - self._last_empty_acquire > POLL_SECONDS:
             await self._acquire(math.ceil(idle / self._settings.per_host_concurrency))
 
+    async def _check_share(self) -> None:
+        """Hold no more than a fair share of the hosts with work while other crawlers are
+        live: the hosts over it are not refilled, and go once their queues are empty."""
+        self._share_checked = time.monotonic()
+        live, with_work = await asyncio.to_thread(
+            hosts_share, self._catalogue, self._lease.live_since()
+        )
+        self._fair_share = max(1, math.ceil(with_work / max(live, 1)))
+        holding = sorted(
+            (held for held in self._held.values() if not held.given_up),
+            key=lambda held: held.host.jobs,
+        )
+        surplus = len(holding) - self._fair_share
+        for number, held in enumerate(holding):
+            held.handing_over = number < surplus
+
     async def _let_go_of_drained_hosts(self) -> None:
         for key, held in list(self._held.items()):
-            if held.given_up or held.done_at is None or not held.host.idle:
+            drained = held.done_at is not None or held.handing_over
+            if held.given_up or not drained or not held.host.idle:
                 continue
             del self._held[key]
             self._scheduler.remove_host(key)
@@ -217,6 +241,7 @@ class Feeder:
             for key, held in self._held.items()
             if held.done_at is None
             and not held.given_up
+            and not held.handing_over
             and held.host.jobs < (quota := self._quota(held.host)) / 2
         }
         local = self._scheduler.host(LOCAL_HOST)
@@ -257,7 +282,7 @@ class Feeder:
                 self._scheduler.add_jobs(key, jobs)
 
     async def _acquire(self, count: int) -> None:
-        room = self._max_hosts - len(self._held)
+        room = min(self._max_hosts, self._fair_share) - len(self._held)
         if room <= 0:
             return
         records = await asyncio.to_thread(

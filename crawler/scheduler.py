@@ -93,12 +93,14 @@ class Host(Generic[T]):
     in_flight: int = 0
     next_start: float = 0.0  # monotonic: the delay since the last request start
     paused_until: float = 0.0  # monotonic: Retry-After, or the circuit breaker's backoff
+    probing: bool = False  # one request at a time until one succeeds (a new host)
     failures: int = 0  # consecutive connection errors and timeouts
     throttles: int = 0  # consecutive 429 and 503 answers
     robots_failures: int = 0  # consecutive robots.txt answers of 5xx
     seconds_per_fetch: float | None = None
     removed: bool = False  # no longer in the scheduler
     given_up: FetchError | None = None  # why the host is down, when it is
+    abandoned: list[Job[T]] = field(default_factory=list)  # its queued jobs, to fail
     version: int = 0  # heap entries of older versions are stale
 
     @property
@@ -108,8 +110,9 @@ class Host(Generic[T]):
 
     @property
     def capacity(self) -> int:
-        """Requests that may be in flight: one at a time while the host is failing."""
-        return 1 if self.failures else self.politeness.slots
+        """Requests that may be in flight: one at a time while the host is new (its
+        robots.txt comes first) or failing."""
+        return 1 if self.failures or self.probing else self.politeness.slots
 
     @property
     def jobs(self) -> int:
@@ -141,8 +144,15 @@ class Ticket(Generic[T]):
 class Scheduler(Generic[T]):
     """Hosts' queues and the heap of hosts by the time their next request may start."""
 
-    def __init__(self, politeness: Politeness, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        politeness: Politeness,
+        *,
+        probe_new_hosts: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.politeness = politeness
+        self._probe_new_hosts = probe_new_hosts  # e.g. while its robots.txt is read
         self._clock = clock
         self._hosts: dict[str, Host[T]] = {}
         self._heap: list[tuple[float, int, int, Host[T]]] = []
@@ -171,7 +181,8 @@ class Scheduler(Generic[T]):
             politeness = self.politeness
             if key == LOCAL_HOST:  # files: no politeness to keep
                 politeness = Politeness(slots=1_000_000, delay=0.0, delay_max=0.0)
-            host = self._hosts[key] = Host(key, politeness, leased=leased)
+            probing = self._probe_new_hosts and key != LOCAL_HOST
+            host = self._hosts[key] = Host(key, politeness, leased=leased, probing=probing)
         host.leased = host.leased or leased
         return host
 

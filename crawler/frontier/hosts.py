@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from crawler.catalogue import Catalogue
 from crawler.frontier.claims import fail_unheld_rows, work_version
-from crawler.frontier.crawlers import first_unheld
+from crawler.frontier.crawlers import first_unheld, live_crawler_ids
 from crawler.frontier.seeding import note_work
 from crawler.models import hosts, images
 from crawler.seeds import LOCAL_HOST
@@ -144,6 +144,21 @@ def give_up_host(
             sa.update(hosts).where(hosts.c.host == host, hosts.c.owner == crawler_id).values(values)
         )
     return failed
+
+
+def hosts_share(catalogue: Catalogue, live_since: datetime) -> tuple[int, int]:
+    """How many crawlers are live, and how many web hosts have work: a crawler's fair share
+    of the hosts is the second over the first."""
+    with catalogue.engine.connect() as connection:
+        live = connection.execute(
+            sa.select(sa.func.count()).select_from(live_crawler_ids(live_since).subquery())
+        ).scalar_one()
+        with_work = connection.execute(
+            sa.select(sa.func.count()).where(
+                hosts.c.work_version > hosts.c.done_version, hosts.c.host != LOCAL_HOST
+            )
+        ).scalar_one()
+    return int(live), int(with_work)
 
 
 def release_hosts(catalogue: Catalogue, crawler_id: str) -> int:
