@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from crawler.catalogue import open_catalogue
 from crawler.extract import extract
-from crawler.extract.phash import to_hex
+from crawler.hashes import to_hex
 from crawler.store import CrawlResult, store_results
 
 DATA = Path(__file__).resolve().parent / ".data"

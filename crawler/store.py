@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from crawler.catalogue import Catalogue
 from crawler.errors import CatalogueError
-from crawler.extract.phash import hex_to_signed
+from crawler.hashes import hex_to_signed
 from crawler.models import CHUNK_COLUMNS, STATUSES, images, phash_chunks, url_key
 from crawler.seeds import host_of
 

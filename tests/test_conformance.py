@@ -15,8 +15,8 @@ import pytest
 
 from crawler.errors import ImageError
 from crawler.extract import Extraction, extract
-from crawler.extract.phash import distance
 from crawler.extract.quality import estimate
+from crawler.hashes import distance
 from tests.conftest import CORPUS, EXPECTED, FIXTURES, require_shared
 
 SHARP_FIELDS = (

@@ -16,15 +16,8 @@ from PIL import Image, ImageOps
 
 from crawler.errors import ConfigError, DecodeError, HashFormatError, ImageError
 from crawler.extract.image import decode_jpeg_as_libvips, load_vips, read_header
-from crawler.extract.phash import (
-    compute,
-    distance,
-    hex_to_signed,
-    parse_hex,
-    similarity,
-    to_hex,
-    to_signed,
-)
+from crawler.extract.phash import compute
+from crawler.hashes import distance, hex_to_signed, parse_hex, similarity, to_hex, to_signed
 from tests.conftest import CORPUS, EXPECTED, require_shared
 from tests.test_image import FIXTURE_REFERENCES, IMAGES, PIXEL_LIMIT, load_references
 
@@ -202,12 +195,26 @@ def test_hex_and_signed_integer_round_trip(text: str, signed: int) -> None:
     assert to_hex(parse_hex(text)) == text
 
 
-def test_hex_is_read_leniently_and_written_canonically() -> None:
+def test_hex_is_read_in_either_case_and_written_canonically() -> None:
     assert to_hex(parse_hex(" 0X63433B3CCF8E1EBE ")) == "63433b3ccf8e1ebe"
-    assert to_hex(parse_hex("1")) == "0000000000000001"
+    assert to_hex(parse_hex("0000000000000001")) == "0000000000000001"
 
 
-@pytest.mark.parametrize("text", ["", "xyz", "63433b3ccf8e1ebe0", "-1", "0x", "63433b3c cf8e1ebe"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "xyz",
+        "63433b3ccf8e1ebe0",  # 17 digits
+        "3433b3ccf8e1ebe",  # 15 digits: refused, not padded
+        "1",
+        "-1",
+        "0x",
+        "0x3433b3ccf8e1ebe",
+        "63433b3c cf8e1ebe",
+        "+63433b3ccf8e1ebe",
+    ],
+)
 def test_bad_hex_raises_hash_format_error(text: str) -> None:
     with pytest.raises(HashFormatError, match="expected 16 hex digits"):
         parse_hex(text)

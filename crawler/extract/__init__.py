@@ -5,34 +5,13 @@ quality estimate (``quality``), the EXIF sections (``exif``) and the perceptual 
 (``phash``), and assembles them in the documented key order.
 """
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from crawler.config import ExtractSettings
 from crawler.errors import ExifError
 from crawler.extract import exif, image, phash, quality
-
-METADATA_KEYS = (
-    "height",
-    "width",
-    "size",
-    "format",
-    "hasColorProfile",
-    "quality",
-    "density",
-    "hasTransparency",
-    "pHash",
-    "exif",
-)
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """The metadata object, which algorithm made its pHash, and problems that did not stop it."""
-
-    metadata: dict[str, Any]
-    hash_algorithm: str
-    warnings: list[str] = field(default_factory=list)
+from crawler.hashes import to_hex
+from crawler.metadata import Extraction
 
 
 def extract(
@@ -63,7 +42,7 @@ def extract(
         "quality": quality.estimate(data) if header.format == "jpg" else 0,
         "density": header.density,
         "hasTransparency": header.has_transparency,
-        "pHash": phash.to_hex(hash_value),
+        "pHash": to_hex(hash_value),
         "exif": exif_sections,
     }
     return Extraction(metadata, settings.hash_algorithm, warnings)
