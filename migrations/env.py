@@ -12,10 +12,10 @@ from sqlalchemy.engine import Connection
 
 from crawler.catalogue import create_catalogue_engine
 from crawler.config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL
-from crawler.models import Base
+from crawler.models import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _command_line_url() -> str:

@@ -1,6 +1,8 @@
 """The catalogue: schema migrations, opening by URL, and storing crawl results (both databases)."""
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from crawler.catalogue import (
+    SCHEMA_HEAD,
     _alembic_config,
     create_catalogue_engine,
     current_revision,
@@ -19,7 +22,7 @@ from crawler.catalogue import (
 )
 from crawler.errors import CatalogueError, ConfigError
 from crawler.extract import extract
-from crawler.models import Base, images
+from crawler.models import CHUNK_COLUMNS, images, metadata
 from crawler.query import export, show
 from crawler.store import CrawlResult, store_results
 from tests.conftest import CORPUS, EXPECTED, require_shared
@@ -98,8 +101,66 @@ def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 
 def test_models_match_the_migrations(db_url: str) -> None:
     with open_catalogue(db_url) as catalogue, catalogue.engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
+
+
+def test_the_schema_head_constant_is_the_newest_migration() -> None:
+    # Opening a catalogue compares its revision with SCHEMA_HEAD instead of asking Alembic;
+    # a new migration must move the constant too.
+    assert head_revision() == SCHEMA_HEAD
+
+
+def test_a_catalogue_at_head_opens_without_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    open_catalogue(url).close()
+    script = (
+        "import sys; from crawler.catalogue import open_catalogue; "
+        f"open_catalogue({url!r}, create=False).close(); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'alembic'))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+def test_chunk_indexes_hold_the_id_on_postgresql(postgres_url: str) -> None:
+    with open_catalogue(postgres_url) as catalogue:
+        indexes = {
+            index["name"]: index for index in sa.inspect(catalogue.engine).get_indexes("images")
+        }
+    for column in CHUNK_COLUMNS:
+        index = indexes[f"ix_images_{column}"]
+        assert index["column_names"] == [column, "phash"]
+        assert index["dialect_options"]["postgresql_include"] == ["id"]
+
+
+def test_a_plain_path_is_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_catalogue("photos.db") as catalogue:
+        assert catalogue.dialect == "sqlite"
+    assert (tmp_path / "photos.db").is_file()
+    with open_catalogue(str(tmp_path / "photos.db"), create=False) as catalogue:
+        assert catalogue.url == f"sqlite:///{tmp_path / 'photos.db'}"
+
+
+def test_without_create_a_missing_catalogue_is_refused_and_not_made(
+    db_url: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "corpsu.db"
+    for url in (str(missing), f"sqlite:///{missing}"):
+        with pytest.raises(CatalogueError, match=rf"^no catalogue at {missing}: the file does"):
+            open_catalogue(url, create=False)
+    assert not missing.exists()
+    with pytest.raises(CatalogueError, match="in-memory"):
+        open_catalogue("sqlite://", create=False)
+    # An existing database without the crawler's tables is refused too, and left empty.
+    engine = create_catalogue_engine(db_url)
+    with engine.connect():
+        pass  # makes the SQLite file
+    with pytest.raises(CatalogueError, match="has no crawler tables"):
+        open_catalogue(db_url, create=False)
+    assert sa.inspect(engine).get_table_names() == []
+    engine.dispose()
 
 
 def test_open_without_upgrade_names_the_command(db_url: str) -> None:
@@ -121,8 +182,23 @@ def test_plain_postgresql_url_uses_psycopg(postgres_url: str) -> None:
 def test_unsupported_or_broken_urls_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="not supported"):
         open_catalogue("mysql://localhost/images")
-    with pytest.raises(ConfigError, match="not a database URL"):
-        open_catalogue("no url at all")
+    with pytest.raises(ConfigError, match="not a database URL; use sqlite:///PATH, a plain"):
+        open_catalogue("postgresql://host:notaport/images")
+    with pytest.raises(ConfigError, match="cannot use 'sqlite://x:y@/': Invalid SQLite") as raised:
+        open_catalogue("sqlite://x:y@/")
+    assert "\n" not in str(raised.value)
+
+
+def test_postgresql_without_its_extra_installed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as in an install without the extra
+    with pytest.raises(ConfigError) as raised:
+        open_catalogue("postgresql://postgres@127.0.0.1/images")
+    assert str(raised.value) == (
+        "database.url: PostgreSQL needs the psycopg package: "
+        "pip install 'image-metadata-crawler[postgresql]'"
+    )
 
 
 def test_unreachable_database_is_one_line_error() -> None:
