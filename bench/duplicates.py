@@ -2,8 +2,8 @@
 
 Stores N rows through ``store_results`` (random hashes, plus clusters of 2-5 images whose
 hashes are 1-6 bits from the cluster's first one, plus byte-identical copies), then times
-``query.duplicates(max_distance=6)`` and checks that every planted pair within 6 bits ended
-up in one group and every copy in an exact group.
+``crawler.duplicates.duplicates(max_distance=6)`` and checks that every planted pair within
+6 bits ended up in one group and every copy in an exact group.
 
     .venv/bin/python -m bench.duplicates --rows 100000
 
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from bench.query import database_url, recreate
 from crawler.catalogue import open_catalogue
-from crawler.extract.phash import distance, to_hex
-from crawler.query import duplicates
+from crawler.duplicates import duplicates
+from crawler.hashes import distance, to_hex
 from crawler.store import CrawlResult, store_results
 
 MAX_DISTANCE = 6

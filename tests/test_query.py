@@ -4,6 +4,7 @@ show, stats and export, on SQLite and PostgreSQL, and the CLI commands over them
 import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,13 @@ from click.testing import CliRunner
 
 from crawler.catalogue import Catalogue, head_revision, open_catalogue
 from crawler.cli.common import cli
+from crawler.duplicates import close_pairs, duplicates
 from crawler.errors import HashFormatError
-from crawler.extract.phash import distance, to_hex
+from crawler.hashes import distance, to_hex
 from crawler.query import (
     STRATEGIES,
     ImageNotFoundError,
     QueryError,
-    close_pairs,
-    duplicates,
     export,
     show,
     similar,
@@ -98,7 +98,7 @@ def test_similar_rows_carry_url_hex_and_similarity(planted) -> None:
     assert len(rows) == 3
     for row in rows:
         assert row.url == f"https://example.com/{row.id - 1}"
-        assert row.phash == to_hex(stored[row.id - 1])
+        assert row.pHash == to_hex(stored[row.id - 1])
         assert row.similarity == 1 - row.distance / 64
     assert [row.distance for row in rows] == sorted(row.distance for row in rows)
 
@@ -113,9 +113,11 @@ def test_similar_rejects_bad_input(catalogue: Catalogue) -> None:
     with pytest.raises(HashFormatError):
         similar(catalogue, "not-a-hash")
     with pytest.raises(QueryError, match=r"max distance must be 0\.\.64"):
-        similar(catalogue, "ff", 65)
+        similar(catalogue, "00000000000000ff", 65)
     with pytest.raises(QueryError, match="limit"):
-        similar(catalogue, "ff", limit=0)
+        similar(catalogue, "00000000000000ff", limit=0)
+    with pytest.raises(HashFormatError, match="expected 16 hex digits"):
+        similar(catalogue, "ff")  # too short: refused, not padded
     with pytest.raises(QueryError, match="64 bits"):
         similar(catalogue, 1 << 64)
 
@@ -177,9 +179,9 @@ def test_duplicate_clusters_equal_brute_force(catalogue: Catalogue) -> None:
             found = [[member.id - 1 for member in group.members] for group in groups]
             assert found == expected, (radius, strategy)
             for group in groups:
-                anchor = group.members[0].phash
+                anchor = group.members[0].pHash
                 assert [m.distance for m in group.members] == [
-                    distance(anchor, m.phash) for m in group.members
+                    distance(anchor, m.pHash) for m in group.members
                 ]
 
 
@@ -224,6 +226,21 @@ def test_show_by_url_and_id(catalogue: Catalogue) -> None:
     assert show(catalogue, 1) == metadata
 
 
+def test_show_by_the_path_a_seed_list_gave(
+    catalogue: Catalogue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = tmp_path / "photos" / "cat.jpg"
+    store_results(catalogue, [hashed(photo.as_uri(), 0xFF), hashed("https://a.test/HOST", 1)])
+    monkeypatch.chdir(tmp_path)
+    expected = {"pHash": "00000000000000ff"}
+    assert show(catalogue, "photos/cat.jpg") == show(catalogue, str(photo)) == expected
+    assert show(catalogue, photo.as_uri()) == expected
+    # A URL is found as typed or as the crawl normalised it.
+    assert show(catalogue, "HTTPS://A.test/HOST") == {"pHash": "0000000000000001"}
+    with pytest.raises(ImageNotFoundError, match=r"no image 'photos/dog\.jpg'"):
+        show(catalogue, "photos/dog.jpg")
+
+
 @pytest.mark.parametrize("key", ["¹", "\u0661", "²3", "-1", "1.0", str(1 << 63), "9" * 40])
 def test_show_refuses_keys_that_are_not_ascii_ids(catalogue: Catalogue, key: str) -> None:
     # str.isdigit() accepts "¹" and "\u0661" (Arabic-Indic one), which int() refuses or
@@ -259,10 +276,17 @@ def test_export_streams_every_row(catalogue: Catalogue) -> None:
     rows = export(catalogue, "jsonl")
     assert isinstance(rows, Iterator)
     first = next(rows)
-    assert first == {"url": "https://a.test/0", "status": "ok", "metadata": {"pHash": to_hex(0)}}
+    assert first == {
+        "id": 1,
+        "url": "https://a.test/0",
+        "status": "ok",
+        "reason": None,
+        "metadata": {"pHash": to_hex(0)},
+    }
     assert sum(1 for _ in rows) == 2499
+    assert next(export(catalogue, "json")) == first
     last = list(export(catalogue, "csv"))[-1]
-    assert (last["id"], last["phash"], last["status"]) == (2500, to_hex(-2499), "ok")
+    assert (last["id"], last["pHash"], last["status"]) == (2500, to_hex(-2499), "ok")
     with pytest.raises(QueryError):
         next(export(catalogue, "xml"))
 
@@ -275,10 +299,8 @@ def run_cli(db_url: str, *arguments: str) -> tuple[int, str, str]:
 def test_cli_commands(db_url: str) -> None:
     code, out, _ = run_cli(db_url, "db", "upgrade")
     head = head_revision()
-    assert (code, out.strip().endswith(f"upgraded from empty to {head} (revision {head})")) == (
-        0,
-        True,
-    )
+    assert code == 0
+    assert out.strip().endswith(f"upgraded from empty to {head} (revision {head})")
     with open_catalogue(db_url) as catalogue:
         store_results(
             catalogue,
@@ -291,9 +313,9 @@ def test_cli_commands(db_url: str) -> None:
     code, out, _ = run_cli(db_url, "query-similar", "00000000000000fe", "--format", "csv")
     assert code == 0
     assert out.splitlines() == [
-        "url,distance,similarity,id,phash",
-        "https://a.test/near,1,0.984375,1,00000000000000ff",
-        "https://a.test/copy,1,0.984375,2,00000000000000ff",
+        "id,url,pHash,distance,similarity",
+        "1,https://a.test/near,00000000000000ff,1,0.984375",
+        "2,https://a.test/copy,00000000000000ff,1,0.984375",
     ]
     code, out, _ = run_cli(db_url, "duplicates", "--json")
     assert [row["url"] for row in json.loads(out)] == ["https://a.test/near", "https://a.test/copy"]
@@ -351,7 +373,7 @@ def test_hashes_of_another_algorithm_are_never_compared(catalogue: Catalogue, db
     code, out, _ = run_cli(
         db_url, "query-similar", to_hex(value), "--hash-algorithm", "imagehash", "--csv"
     )
-    assert code == 0 and [line.split(",")[0] for line in out.splitlines()] == [
+    assert code == 0 and [line.split(",")[1] for line in out.splitlines()] == [
         "url",
         "https://a.test/imagehash",
     ]
