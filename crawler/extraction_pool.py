@@ -16,7 +16,10 @@ pool's time limit (a decoder stuck in a loop, a small file claiming a huge pictu
 with ``ExtractionTimedOut``: its process is killed and replaced the same way.
 
 Kept apart from the engine so that the processes import only the extraction code, not
-aiohttp, SQLAlchemy and Alembic: a new process is ready in a fraction of a second.
+aiohttp, SQLAlchemy and Alembic: a new process is ready in a fraction of a second. Light
+itself: the fork server imports the extraction code (numpy, libvips, Pillow), so a caller
+that starts a pool first has its processes loading while it goes on with its own imports,
+and never loads that code unless it extracts images itself.
 """
 
 import asyncio
@@ -37,11 +40,9 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any, Self
 
-import pyvips
-
 from crawler.config import ExtractSettings
 from crawler.errors import CrawlerError
-from crawler.extract import Extraction, extract
+from crawler.metadata import Extraction
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class ExtractionPool:
         self._settings = settings
         self._time_limit = time_limit
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([__name__])
+        # This module is light; the server imports the extraction code for its processes.
+        self._context.set_forkserver_preload([__name__, "crawler.extract"])
         multiprocessing.forkserver.ensure_running()
         self._processes: dict[_Process, asyncio.Task[None]] = {}  # and its reply reader
         self._free_slots: asyncio.Queue[tuple[_Process, int]] = asyncio.Queue()
@@ -330,6 +332,8 @@ def _main_script_hidden() -> Iterator[None]:
 
 def _serve(connection: socket.socket, settings: ExtractSettings) -> None:
     """An extraction process: answer requests until the crawler closes the socket."""
+    import pyvips  # loaded already: the fork server imported the extraction code
+
     # The pool has a process per core already: more libvips threads would only compete.
     pyvips.concurrency_set(1)
     # Ctrl-C reaches the whole process group; the crawler decides how its processes stop.
@@ -379,6 +383,8 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
 def extract_in_worker(data: bytes, url: str, settings: ExtractSettings) -> Outcome:
     """The SHA-256 of ``data`` and its metadata, or the reason extraction failed (with the
     HTTP status the API answers with)."""
+    from crawler.extract import extract  # loaded already, as above
+
     outcome: Outcome = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         extraction = extract(data, url, settings)

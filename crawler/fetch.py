@@ -23,6 +23,7 @@ from yarl import URL
 
 from crawler.config import CrawlSettings
 from crawler.errors import CrawlerError
+from crawler.files import file_errors, within_limit
 from crawler.seeds import host_problem, local_path
 
 log = logging.getLogger(__name__)
@@ -200,17 +201,9 @@ class Fetcher:
         path = local_path(url)
         assert path is not None, f"{url} is not a file:// URL"
         limit = self._settings.max_size
-        try:
+        with file_errors(url):
             async with aiofiles.open(path, "rb") as handle:
-                data = await handle.read(limit + 1)
-        except FileNotFoundError:
-            raise FetchError(f"{url}: no such file", "not_found", status=404) from None
-        except IsADirectoryError:
-            raise FetchError(f"{url}: is a directory", "not_a_file", status=400) from None
-        except OSError as exc:
-            raise FetchError(f"{url}: cannot read: {exc.strerror or exc}", "unreadable") from None
-        if len(data) > limit:
-            raise _too_large(url, limit)
+                data = within_limit(url, await handle.read(limit + 1), limit)
         _require_image(url, data)
         return Fetched(url=url, final_url=url, chunks=(data,))
 

@@ -44,8 +44,9 @@ async def fetch(url: str, settings: CrawlSettings = FAST, **kwargs: object) -> o
         return await downloads.fetch(url, **kwargs)  # type: ignore[arg-type]
 
 
-async def fetch_error(url: str, settings: CrawlSettings = FAST) -> FetchError:
-    with pytest.raises(FetchError) as caught:
+async def fetch_error(url: str, settings: CrawlSettings = FAST) -> CrawlerError:
+    """The error of fetching ``url``: a FetchError, or for a local file a FileReadError."""
+    with pytest.raises(CrawlerError) as caught:
         await fetch(url, settings)
     return caught.value
 
