@@ -32,9 +32,14 @@ def test_distance_gives_imagekits_documented_figures(
 ) -> None:
     code, out, _ = run("distance", hash_a, hash_b)
     assert code == 0
-    assert out.splitlines()[-1].split() == [distance, similarity]
+    assert out.splitlines()[-1].split() == [hash_a, hash_b, distance, similarity]
     code, out, _ = run("distance", hash_a, hash_b, "--json")
-    assert json.loads(out) == [{"distance": int(distance), "similarity": float(similarity)}]
+    assert json.loads(out) == {
+        "a": hash_a,
+        "b": hash_b,
+        "distance": int(distance),
+        "similarity": float(similarity),
+    }
 
 
 def test_distance_with_bad_hex_is_a_one_line_error() -> None:

@@ -1,42 +1,39 @@
 """Catalogue commands: ``db upgrade``, ``query-similar``, ``duplicates``, ``show``, ``stats``,
-``export``. Each opens the catalogue named by ``--db`` / ``database.url`` (bringing its schema
-up to date) and prints what one ``crawler.query`` call returns."""
+``export``. Each opens the catalogue named by ``--db`` / ``database.url`` and prints what one
+library call returns. Only ``db upgrade`` (and ``crawler run``) make a catalogue; the others
+refuse one that does not exist, so a mistyped ``--db`` is an error, not an empty answer."""
 
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from crawler.catalogue import (
-    Catalogue,
-    create_catalogue_engine,
-    open_catalogue,
-    upgrade_catalogue,
+from crawler.cli.common import (
+    CrawlerGroup,
+    F,
+    format_option,
+    handle_errors,
+    long_running,
+    settings_from,
 )
-from crawler.cli.common import F, format_option, handle_errors, settings_from
 from crawler.config import HASH_ALGORITHMS
-from crawler.output import to_json, write_rows
-from crawler.query import (
-    DEFAULT_DUPLICATE_DISTANCE,
-    DEFAULT_MAX_DISTANCE,
-    EXPORT_COLUMNS,
-    EXPORT_FORMATS,
-    STATS_COLUMNS,
-    duplicates,
-    export,
-    show,
-    similar,
-    stats,
-)
+from crawler.hashes import DEFAULT_MAX_DISTANCE
+from crawler.metadata import FLAT_FIELDS, METADATA_KEYS
+from crawler.output import write_object, write_rows
 
-SIMILAR_COLUMNS = ("url", "distance", "similarity", "id", "phash")
-DUPLICATE_COLUMNS = ("group", "kind", "id", "url", "distance", "phash", "sha256")
+if TYPE_CHECKING:
+    from crawler.catalogue import Catalogue
+
+DUPLICATE_COLUMNS = ("group", "kind", "id", "url", "distance", "pHash", "sha256")
+EXPORT_FORMATS = ("json", "jsonl", "csv")  # crawler.query.EXPORT_FORMATS, kept light here
 
 
-def _open(ctx: click.Context) -> Catalogue:
-    return open_catalogue(settings_from(ctx).database.url)
+def _open_existing(ctx: click.Context) -> "Catalogue":
+    from crawler.catalogue import open_catalogue
+
+    return open_catalogue(settings_from(ctx).database.url, create=False)
 
 
 def _hash_algorithm_option(command: F) -> F:
@@ -51,11 +48,21 @@ def _algorithm(ctx: click.Context, chosen: str | None) -> str:
     return chosen or settings_from(ctx).extract.hash_algorithm
 
 
-@click.group()
+def _max_distance_option(meaning: str) -> Callable[[F], F]:
+    return click.option(
+        "--max-distance",
+        type=click.IntRange(0, 64),
+        default=DEFAULT_MAX_DISTANCE,
+        show_default=True,
+        help=f"Largest pHash distance (bits) {meaning}.",
+    )
+
+
+@click.group(cls=CrawlerGroup)
 def db() -> None:
     """Manage the catalogue database.
 
-    Example: crawler --db postgresql://crawler@localhost/images db upgrade
+    Example: crawler --db photos.db db upgrade
     """
 
 
@@ -65,27 +72,19 @@ def db() -> None:
 def upgrade(ctx: click.Context) -> None:
     """Create the catalogue or bring its schema up to the newest revision.
 
-    Example: crawler --db sqlite:///photos.db db upgrade
+    Example: crawler db upgrade --db sqlite:///photos.db
     """
+    from crawler.catalogue import Catalogue, create_catalogue_engine, upgrade_catalogue
+
     with Catalogue(create_catalogue_engine(settings_from(ctx).database.url)) as catalogue:
         before, after = upgrade_catalogue(catalogue)
     change = f"upgraded from {before or 'empty'} to {after}" if before != after else "up to date"
     click.echo(f"catalogue at {catalogue.url}: {change} (revision {after})")
 
 
-def _max_distance_option(default: int, meaning: str) -> Callable[[F], F]:
-    return click.option(
-        "--max-distance",
-        type=click.IntRange(0, 64),
-        default=default,
-        show_default=True,
-        help=f"Largest pHash distance (bits) {meaning}.",
-    )
-
-
 @click.command("query-similar")
 @click.argument("phash", metavar="HASH")
-@_max_distance_option(DEFAULT_MAX_DISTANCE, "to report")
+@_max_distance_option("to report")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
 @_hash_algorithm_option
 @format_option()
@@ -99,19 +98,25 @@ def query_similar(
     hash_algorithm: str | None,
     fmt: str,
 ) -> None:
-    """Catalogued images whose pHash is within --max-distance bits of HASH, nearest first.
+    """Catalogued images whose pHash is within --max-distance bits of HASH (16 hex digits),
+    nearest first.
 
     Example: crawler query-similar 63433b3ccf8e1ebe --max-distance 8 --limit 20
     """
-    with _open(ctx) as catalogue:
+    from crawler.hashes import parse_hex
+    from crawler.query import SimilarRow, similar
+
+    parse_hex(phash)  # a bad hash is the error, whatever the catalogue
+    with _open_existing(ctx) as catalogue:
         rows = similar(
             catalogue, phash, max_distance, limit, algorithm=_algorithm(ctx, hash_algorithm)
         )
-    write_rows((dataclasses.asdict(row) for row in rows), SIMILAR_COLUMNS, fmt, sys.stdout)
+    columns = [field.name for field in dataclasses.fields(SimilarRow)]
+    write_rows((dataclasses.asdict(row) for row in rows), columns, fmt, sys.stdout)
 
 
 @click.command("duplicates")
-@_max_distance_option(DEFAULT_DUPLICATE_DISTANCE, "that links two images into one group")
+@_max_distance_option("that links two images into one group")
 @_hash_algorithm_option
 @format_option()
 @click.pass_context
@@ -119,11 +124,15 @@ def query_similar(
 def duplicates_command(
     ctx: click.Context, max_distance: int, hash_algorithm: str | None, fmt: str
 ) -> None:
-    """Groups of near-identical images: same SHA-256 first, then pHash clusters.
+    """Groups of near-identical images: same SHA-256 first, then pHash clusters; one row per
+    image, numbered by group.
 
     Example: crawler duplicates --max-distance 4 --format csv > duplicates.csv
     """
-    with _open(ctx) as catalogue:
+    from crawler.duplicates import duplicates
+
+    long_running()
+    with _open_existing(ctx) as catalogue:
         groups = duplicates(catalogue, max_distance, algorithm=_algorithm(ctx, hash_algorithm))
     rows = (
         {"group": number, "kind": group.kind, **dataclasses.asdict(member)}
@@ -134,16 +143,24 @@ def duplicates_command(
 
 
 @click.command("show")
-@click.argument("url_or_id", metavar="URL_OR_ID")
+@click.argument("key", metavar="ID|URL|PATH")
+@format_option(default="json")
 @click.pass_context
 @handle_errors
-def show_command(ctx: click.Context, url_or_id: str) -> None:
-    """Print the stored metadata object of one catalogued image as JSON.
+def show_command(ctx: click.Context, key: str, fmt: str) -> None:
+    """Print the stored metadata object of one catalogued image, by id, URL or the path a
+    seed list gave (a table or CSV has the top-level fields, without the EXIF sections).
 
-    Example: crawler show https://example.com/cat.jpg
+    \b
+    Example: crawler show samples/images/Canon_40D.jpg
+    Example: crawler show 1 --format csv
     """
-    with _open(ctx) as catalogue:
-        click.echo(to_json(show(catalogue, url_or_id), pretty=True))
+    from crawler.query import show
+
+    with _open_existing(ctx) as catalogue:
+        metadata = show(catalogue, key)
+    columns = METADATA_KEYS if fmt in ("json", "jsonl") else FLAT_FIELDS
+    write_object(metadata, columns, fmt, sys.stdout)
 
 
 @click.command("stats")
@@ -155,21 +172,28 @@ def stats_command(ctx: click.Context, fmt: str) -> None:
 
     Example: crawler stats --format json
     """
-    with _open(ctx) as catalogue:
+    from crawler.query import STATS_COLUMNS, stats
+
+    with _open_existing(ctx) as catalogue:
         write_rows(stats(catalogue), STATS_COLUMNS, fmt, sys.stdout)
 
 
 @click.command("export")
-@format_option(default="jsonl", choices=EXPORT_FORMATS)
+@format_option(EXPORT_FORMATS, default="jsonl")
 @click.pass_context
 @handle_errors
 def export_command(ctx: click.Context, fmt: str) -> None:
-    """Stream the whole catalogue to stdout: JSONL (URL, status and metadata object per line)
-    or CSV (the typed columns).
+    """Stream the whole catalogue to stdout: JSON lines or a JSON array (id, URL, status,
+    reason and metadata object of each image), or CSV (the typed columns).
 
+    \b
+    Example: crawler export > catalogue.jsonl
     Example: crawler export --format csv > catalogue.csv
     """
-    with _open(ctx) as catalogue:
+    from crawler.query import EXPORT_COLUMNS, export
+
+    long_running()
+    with _open_existing(ctx) as catalogue:
         write_rows(export(catalogue, fmt), EXPORT_COLUMNS[fmt], fmt, sys.stdout)
 
 

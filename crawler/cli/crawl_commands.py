@@ -5,10 +5,16 @@ from contextlib import nullcontext
 
 import click
 
-from crawler.cli.common import EXIT_INTERRUPTED, handle_errors, settings_from
-from crawler.engine import CrawlOptions, run_crawl
-from crawler.output import to_json
-from crawler.progress import ProgressBar, print_summary
+from crawler.cli.common import (
+    EXIT_INTERRUPTED,
+    format_option,
+    handle_errors,
+    long_running,
+    settings_from,
+)
+from crawler.output import write_object
+
+SUMMARY_FORMATS = ("table", "json", "jsonl")
 
 
 @click.command()
@@ -35,7 +41,7 @@ from crawler.progress import ProgressBar, print_summary
     "--worker-id", metavar="ID", help="Name of this crawler in claims (default host:pid)."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@format_option(SUMMARY_FORMATS)
 @click.pass_context
 @handle_errors
 def run(
@@ -51,7 +57,7 @@ def run(
     user_agent: str | None,
     worker_id: str | None,
     quiet: bool,
-    as_json: bool,
+    fmt: str,
 ) -> None:
     """Crawl every URL or path of the SEEDS list into the catalogue.
 
@@ -59,12 +65,16 @@ def run(
     it; SEEDS - reads the list from standard input as it arrives. URLs already done are
     skipped; the catalogue keeps the crawl's state, so several crawlers can share one
     PostgreSQL catalogue and a killed crawl resumes where it stopped. Ctrl-C finishes the
-    URLs in flight, stores them and prints the summary.
+    URLs in flight, stores them and prints the summary (a table, or one JSON object).
 
     \b
     Example: crawler run samples/seeds.txt --concurrency 16 --per-host 2
-    Example: find ~/photos -name '*.jpg' | crawler run -
+    Example: find samples/images -name '*.jpg' | crawler run - --format json
     """
+    from crawler.engine import CrawlOptions, run_crawl
+    from crawler.progress import ProgressBar, print_summary
+
+    long_running()
     settings = settings_from(
         ctx,
         **{
@@ -80,8 +90,9 @@ def run(
     show_bar = not quiet and sys.stderr.isatty()
     with ProgressBar() if show_bar else nullcontext() as bar:
         summary = run_crawl(seeds, settings, options=options, progress=bar.update if bar else None)
-    if as_json:
-        click.echo(to_json(summary.as_dict()))
+    if fmt != "table":
+        summary_object = summary.as_dict()
+        write_object(summary_object, list(summary_object), fmt, sys.stdout)
     elif not quiet:
         print_summary(summary, sys.stdout)
     if summary.interrupted:

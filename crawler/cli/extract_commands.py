@@ -1,20 +1,31 @@
 """``crawler extract`` and ``crawler distance``: metadata objects and pHash distances."""
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from crawler.cli.common import EXIT_ERROR, format_option, handle_errors, settings_from
+from crawler.cli.common import (
+    EXIT_ERROR,
+    format_option,
+    handle_errors,
+    long_running,
+    settings_from,
+)
 from crawler.config import HASH_ALGORITHMS
 from crawler.errors import CrawlerError
-from crawler.extract import Extraction, phash
-from crawler.oneshot import extract_sources, is_one_image
-from crawler.output import to_json, write_rows
+from crawler.metadata import FLAT_FIELDS, METADATA_KEYS
+from crawler.output import open_writer, write_object
+
+if TYPE_CHECKING:
+    from crawler.metadata import Extraction
+
+DISTANCE_COLUMNS = ("a", "b", "distance", "similarity")
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, metavar="PATH_OR_URL...")
-@click.option("--jsonl", is_flag=True, help="One JSON object per line, even for one input.")
+@format_option(default=None)
 @click.option(
     "--hash-algorithm",
     type=click.Choice(HASH_ALGORITHMS),
@@ -26,36 +37,49 @@ from crawler.output import to_json, write_rows
 def extract(
     ctx: click.Context,
     sources: tuple[str, ...],
-    jsonl: bool,
+    fmt: str | None,
     hash_algorithm: str | None,
     pixel_limit: int | None,
 ) -> None:
-    """Print ImageKit's metadata object of each image as JSON.
+    """Print ImageKit's metadata object of each image.
 
-    A directory stands for every image file under it. One image prints pretty JSON;
-    several print one line each (`source` added), in the order given, while they are read
-    and extracted in parallel. Errors go to stderr, one line each; the exit code is 1 if
-    any input failed. An image whose extraction takes longer than crawl.extract_timeout
-    fails.
+    A directory stands for every image file under it. One image prints its object as JSON;
+    several print one JSON line each (`source` added), in the order given (--format json:
+    an array; table and CSV: the top-level fields, without the EXIF sections). A few images
+    are extracted right here; a directory or more images are read and extracted in parallel
+    by extraction processes. Errors go to stderr, one line each; the exit code is 1 if any
+    input failed. An image whose extraction takes longer than crawl.extract_timeout fails.
 
-    Example: crawler extract photo.jpg https://example.com/cat.png --jsonl
+    \b
+    Example: crawler extract samples/images/Canon_40D.jpg
+    Example: crawler extract samples/images --format csv
     """
+    from crawler.oneshot import extract_sources, is_one_image, runs_in_process
+
+    if not runs_in_process(sources):
+        long_running()  # a directory may hold a million images
+
     settings = settings_from(
         ctx, **{"extract.hash_algorithm": hash_algorithm, "extract.pixel_limit": pixel_limit}
     )
-    one_pretty = is_one_image(sources) and not jsonl
+    one_object = is_one_image(sources) and fmt in (None, "json")
+    fmt = fmt or ("json" if one_object else "jsonl")
     failures: list[str] = []
+    columns = ("source", *(METADATA_KEYS if fmt in ("json", "jsonl") else FLAT_FIELDS))
+    rows = None if one_object else open_writer(columns, fmt, sys.stdout)
 
-    def print_result(source: str, result: Extraction | CrawlerError) -> None:
+    def print_result(source: str, result: "Extraction | CrawlerError") -> None:
         if isinstance(result, CrawlerError):
             click.echo(f"Error: {result}", err=True)
             failures.append(source)
-        elif one_pretty:
-            click.echo(to_json(result.metadata, pretty=True))
+        elif rows is None:
+            write_object(result.metadata, METADATA_KEYS, fmt, sys.stdout)
         else:
-            click.echo(to_json({"source": source, **result.metadata}))
+            rows.write({"source": source, **result.metadata})
 
     extract_sources(sources, settings, print_result)
+    if rows is not None:
+        rows.close()
     if failures:
         sys.exit(EXIT_ERROR)
 
@@ -66,15 +90,20 @@ def extract(
 @format_option()
 @handle_errors
 def distance(hash_a: str, hash_b: str, fmt: str) -> None:
-    """Hamming distance (0..64) and similarity (1 - distance/64) of two pHashes.
+    """Hamming distance (0..64) and similarity (1 - distance/64) of two pHashes, each 16 hex
+    digits.
 
     Example: crawler distance 63433b3ccf8e1ebe f5d2226cd9d32b16
     """
-    row = {
-        "distance": phash.distance(hash_a, hash_b),
-        "similarity": phash.similarity(hash_a, hash_b),
+    from crawler import hashes
+
+    result = {
+        "a": hashes.to_hex(hashes.parse_hex(hash_a)),
+        "b": hashes.to_hex(hashes.parse_hex(hash_b)),
+        "distance": hashes.distance(hash_a, hash_b),
+        "similarity": hashes.similarity(hash_a, hash_b),
     }
-    write_rows([row], ["distance", "similarity"], fmt, sys.stdout)
+    write_object(result, DISTANCE_COLUMNS, fmt, sys.stdout)
 
 
 def register(cli: click.Group) -> None:

@@ -2,8 +2,7 @@
 
 import click
 
-from crawler.cli.common import handle_errors, settings_from
-from crawler.serve import run_server
+from crawler.cli.common import handle_errors, long_running, settings_from
 
 
 @click.command("serve")
@@ -14,13 +13,16 @@ from crawler.serve import run_server
 def serve_command(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the Metadata API and the near-duplicates page until Ctrl-C.
 
-    Without serve.api_keys the server listens on loopback only.
+    Without serve.api_keys the server listens on loopback only. It announces its URL once it
+    listens; a catalogue that does not exist or a port in use is a one-line error instead.
 
-    Example: crawler --db postgresql://127.0.0.1/images serve --port 8080
+    Example: crawler serve --port 8080
     """
+    from crawler.serve import run_server
+
+    long_running()
     settings = settings_from(ctx, **{"serve.host": host, "serve.port": port})
-    click.echo(f"Serving on http://{settings.serve.host}:{settings.serve.port}/ (Ctrl-C stops)")
-    run_server(settings)
+    run_server(settings, lambda url: click.echo(f"Serving on {url} (Ctrl-C stops)"))
 
 
 def register(cli: click.Group) -> None:
