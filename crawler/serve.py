@@ -13,9 +13,11 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -28,16 +30,19 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from crawler import hashes
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import ServeSettings, Settings
 from crawler.downloader import Downloads
+from crawler.duplicates import DuplicateGroup, duplicates
 from crawler.errors import ConfigError, CrawlerError
-from crawler.extract import Extraction, phash
 from crawler.extraction_pool import ExtractionPool, pool_size
 from crawler.fetch import Fetched
+from crawler.hashes import DEFAULT_MAX_DISTANCE
+from crawler.metadata import Extraction
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.output import to_json
-from crawler.query import DuplicateGroup, ImageNotFoundError, duplicates, show, similar
+from crawler.query import ImageNotFoundError, show, similar
 from crawler.seeds import SeedError, normalise_url
 from crawler.store import CrawlResult, store_results
 
@@ -48,7 +53,6 @@ OPENAPI_PATH = STATIC_DIR / "openapi.json"
 MAX_LIMIT = 1000
 DEFAULT_SIMILAR_LIMIT = 100
 DEFAULT_GROUPS_LIMIT = 100
-DEFAULT_MAX_DISTANCE = 10
 # Grouping takes seconds on 20,000 images at radius 10 and grows steeply with the radius.
 MAX_DUPLICATE_DISTANCE = 16
 DUPLICATES_TTL_SECONDS = 60.0
@@ -288,7 +292,9 @@ def _services_context(
     settings: Settings, policy: AddressPolicy, resolver: AbstractResolver | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def services(app: web.Application) -> AsyncIterator[None]:
-        catalogue = await asyncio.to_thread(open_catalogue, settings.database.url)
+        catalogue = await asyncio.to_thread(
+            functools.partial(open_catalogue, settings.database.url, create=False)
+        )
         pinned = PolicyResolver(policy, resolver)  # needs the running loop
         try:
             async with UpstreamFetcher(settings, policy, pinned) as upstream:
@@ -330,22 +336,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(settings: Settings) -> None:
-    """Serve the API on ``serve.host``:``serve.port`` until interrupted."""
+def run_server(settings: Settings, on_listening: Callable[[str], None] | None = None) -> None:
+    """Serve the API on ``serve.host``:``serve.port`` until SIGINT or SIGTERM.
+
+    The catalogue is opened and the socket bound first; then ``on_listening`` is called with
+    the server's URL. Every problem before that (a refused address, no catalogue, the port
+    taken) raises a ``CrawlerError`` with a one-line message, and nothing was announced."""
     check_listen_address(settings.serve)
+    asyncio.run(_serve(settings, on_listening or (lambda _url: None)))
+
+
+async def _serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
+    runner = web.AppRunner(create_app(settings), access_log=log)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.serve.host,
-            port=settings.serve.port,
-            print=None,
-            access_log=log,
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"serve.host, serve.port: cannot listen on {settings.serve.host}:"
-            f"{settings.serve.port}: {exc.strerror or exc}"
-        ) from None
+        await runner.setup()  # opens the catalogue
+        host, port = settings.serve.host, settings.serve.port
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"serve.host, serve.port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stopped.set)
+        shown_host = f"[{host}]" if ":" in host else host
+        on_listening(f"http://{shown_host}:{port}/")
+        await stopped.wait()
+    finally:
+        await runner.cleanup()
 
 
 # Middleware
@@ -467,7 +487,7 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 def _hash_param(request: web.Request, name: str) -> str:
     text = _required(request, name)
-    return phash.to_hex(phash.parse_hex(text))
+    return hashes.to_hex(hashes.parse_hex(text))
 
 
 def _json(value: Any) -> web.Response:
@@ -517,24 +537,15 @@ async def _similar(request: web.Request) -> web.Response:
         limit,
         algorithm=services.settings.extract.hash_algorithm,
     )
-    results = [
-        {
-            "id": row.id,
-            "url": row.url,
-            "pHash": row.phash,
-            "distance": row.distance,
-            "similarity": row.similarity,
-        }
-        for row in rows
-    ]
+    results = [dataclasses.asdict(row) for row in rows]
     return _json({"pHash": hash_hex, "max_distance": max_distance, "results": results})
 
 
 async def _phash_distance(request: web.Request) -> web.Response:
     """``GET /v1/phash-distance?a=HEX&b=HEX``."""
     a, b = _hash_param(request, "a"), _hash_param(request, "b")
-    distance = phash.distance(a, b)
-    return _json({"a": a, "b": b, "distance": distance, "similarity": phash.similarity(a, b)})
+    distance = hashes.distance(a, b)
+    return _json({"a": a, "b": b, "distance": distance, "similarity": hashes.similarity(a, b)})
 
 
 async def _duplicates(request: web.Request) -> web.Response:
@@ -559,7 +570,7 @@ def _group_json(group: DuplicateGroup) -> dict[str, Any]:
             "id": member.id,
             "url": member.url,
             "sha256": member.sha256,
-            "pHash": member.phash,
+            "pHash": member.pHash,
             "distance": member.distance,
         }
         for member in group.members

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from yarl import URL
 
+from crawler.catalogue import open_catalogue
 from crawler.cli import cli
 from crawler.config import ServeSettings, Settings
 from crawler.errors import ConfigError
@@ -32,6 +32,7 @@ IMAGES = {
     "a-near.jpg": make_jpeg(1, touch=40),
     "b.jpg": make_jpeg(2),
 }
+ZERO, ONE = "0000000000000000", "0000000000000001"
 KEY = "private_key_0123456789"
 
 
@@ -49,6 +50,9 @@ class Running:
 
 @asynccontextmanager
 async def api(settings: Settings, key: str | None = None) -> AsyncIterator[Running]:
+    """The API over the catalogue of ``settings``, made first if need be (the server itself
+    refuses a catalogue that does not exist)."""
+    await asyncio.to_thread(lambda: open_catalogue(settings.database.url).close())
     async with (
         serving(create_app(settings, resolver=TEST_HOSTS)) as url,
         aiohttp.ClientSession(headers=key_header(key)) as client,
@@ -214,11 +218,12 @@ async def test_phash_distance_gives_imagekits_documented_values(sqlite_url: str)
     ("path", "params", "fragment"),
     [
         ("/v1/phash-distance", {"a": "63433b3ccf8e1ebe"}, "parameter b is required"),
-        ("/v1/phash-distance", {"a": "xyz", "b": "00"}, "bad pHash"),
+        ("/v1/phash-distance", {"a": "xyz", "b": ZERO}, "bad pHash"),
+        ("/v1/phash-distance", {"a": "3433b3ccf8e1ebe", "b": ZERO}, "expected 16 hex digits"),
         ("/v1/similar", {"phash": "12345678901234567"}, "bad pHash"),
-        ("/v1/similar", {"phash": "00", "max_distance": "65"}, "max_distance: expected 0..64"),
-        ("/v1/similar", {"phash": "00", "limit": "0"}, "limit: expected 1..1000"),
-        ("/v1/similar", {"phash": "00", "limit": "ten"}, "limit: expected an integer"),
+        ("/v1/similar", {"phash": ZERO, "max_distance": "65"}, "max_distance: expected 0..64"),
+        ("/v1/similar", {"phash": ZERO, "limit": "0"}, "limit: expected 1..1000"),
+        ("/v1/similar", {"phash": ZERO, "limit": "ten"}, "limit: expected an integer"),
         ("/v1/duplicates", {"max_distance": "-1"}, "max_distance"),
         ("/v1/duplicates", {"max_distance": "17"}, "max_distance: expected 0..16"),
         ("/v1/duplicates", {"limit": "0"}, "limit: expected 1..1000"),
@@ -309,7 +314,7 @@ async def test_unknown_files_routes_and_methods_are_json_errors(sqlite_url: str)
 async def test_api_keys_are_required_when_configured(sqlite_url: str) -> None:
     settings = api_settings(sqlite_url, api_keys=("another-key", KEY))
     async with api(settings) as anonymous:
-        status, body, response = await anonymous.get("/v1/phash-distance", a="00", b="01")
+        status, body, response = await anonymous.get("/v1/phash-distance", a=ZERO, b=ONE)
         assert_error(status, body, 401, "API key is required")
         assert response.headers["WWW-Authenticate"].startswith("Basic")
         status, body, _ = await anonymous.get("/")
@@ -317,29 +322,29 @@ async def test_api_keys_are_required_when_configured(sqlite_url: str) -> None:
         status, _, _ = await anonymous.get("/openapi.json")
         assert status == 200
     async with api(settings, "wrong-key") as wrong:
-        status, body, _ = await wrong.get("/v1/phash-distance", a="00", b="01")
+        status, body, _ = await wrong.get("/v1/phash-distance", a=ZERO, b=ONE)
         assert_error(status, body, 401, "unknown API key")
     async with api(settings, KEY) as authorised:
-        status, body, _ = await authorised.get("/v1/phash-distance", a="00", b="01")
+        status, body, _ = await authorised.get("/v1/phash-distance", a=ZERO, b=ONE)
     assert (status, body["distance"]) == (200, 1)
 
 
 async def test_no_keys_means_no_auth(sqlite_url: str) -> None:
     async with api(api_settings(sqlite_url)) as running:
-        status, _, _ = await running.get("/v1/phash-distance", a="00", b="01")
+        status, _, _ = await running.get("/v1/phash-distance", a=ZERO, b=ONE)
     assert status == 200
 
 
 async def test_rate_limit_is_per_key(sqlite_url: str) -> None:
     settings = api_settings(sqlite_url, api_keys=(KEY, "second-key"), rate_limit_per_minute=3)
     async with api(settings, KEY) as first:
-        statuses = [(await first.get("/v1/phash-distance", a="0", b="1"))[0] for _ in range(3)]
+        statuses = [(await first.get("/v1/phash-distance", a=ZERO, b=ONE))[0] for _ in range(3)]
         assert statuses == [200, 200, 200]
-        status, body, response = await first.get("/v1/phash-distance", a="0", b="1")
+        status, body, response = await first.get("/v1/phash-distance", a=ZERO, b=ONE)
         assert_error(status, body, 429, "rate limit of 3 requests a minute")
         assert int(response.headers["Retry-After"]) >= 1
         async with aiohttp.ClientSession(headers=key_header("second-key")) as other:
-            status, _, _ = await Running(first.url, other).get("/v1/phash-distance", a="0", b="1")
+            status, _, _ = await Running(first.url, other).get("/v1/phash-distance", a=ZERO, b=ONE)
     assert status == 200
 
 
@@ -428,29 +433,67 @@ def test_cli_refuses_a_public_host_without_keys_in_one_line() -> None:
     assert result.output.strip().splitlines()[-1].startswith("Error: serve.host: refusing")
 
 
-def test_cli_serves_until_interrupted(tmp_path: Path) -> None:
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _serve_command(database: Path, port: int) -> list[str]:
     crawler = Path(sys.executable).parent / "crawler"
-    command = [crawler, "--db", f"sqlite:///{tmp_path / 'c.db'}", "serve", "--port", str(port)]
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CRAWLER_")}
-    with subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL) as server:
+    return [str(crawler), "--db", str(database), "serve", "--port", str(port)]
+
+
+CLEAN_ENV = {name: value for name, value in os.environ.items() if not name.startswith("CRAWLER_")}
+
+
+def test_cli_says_it_serves_once_it_listens_and_serves_until_interrupted(tmp_path: Path) -> None:
+    database = tmp_path / "c.db"
+    open_catalogue(str(database)).close()
+    port = _free_port()
+    with subprocess.Popen(
+        _serve_command(database, port),
+        env=CLEAN_ENV,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
         try:
-            body = _get_when_up(f"http://127.0.0.1:{port}/v1/phash-distance?a=0&b=3")
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert line == f"Serving on http://127.0.0.1:{port}/ (Ctrl-C stops)\n"
+            # Announced after the bind: the first request needs no retry.
+            url = f"http://127.0.0.1:{port}/v1/phash-distance?a={ZERO}&b={'0' * 15}3"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read()
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(10)
     assert b'"distance": 2' in body
+    assert server.returncode == 0
 
 
-def _get_when_up(url: str, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def test_cli_serve_start_up_errors_are_one_line_and_announce_nothing(tmp_path: Path) -> None:
+    database = tmp_path / "c.db"
+    missing = subprocess.run(
+        _serve_command(database, _free_port()), env=CLEAN_ENV, capture_output=True, text=True
+    )
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        f"Error: no catalogue at {database}: the file does not exist "
+        "(`crawler run SEEDS` or `crawler db upgrade` makes one)\n"
+    )
+    assert not database.exists()
+    open_catalogue(str(database)).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            _serve_command(database, port), env=CLEAN_ENV, capture_output=True, text=True
+        )
+    assert (busy.returncode, busy.stdout) == (1, "")
+    assert busy.stderr.startswith(
+        f"Error: serve.host, serve.port: cannot listen on 127.0.0.1:{port}: "
+    )
+    assert busy.stderr.count("\n") == 1
