@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,23 +133,40 @@ ProgressCallback = Callable[[CrawlProgress], None]
 
 
 def run_crawl(
-    seeds_path: str | Path,
+    seeds: str | Path | Iterable[str],
     settings: Settings,
     *,
     options: CrawlOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> CrawlSummary:
-    """Crawl the seed list at ``seeds_path`` (``-``: standard input) into the catalogue at
-    ``settings.database.url``."""
-    if str(seeds_path) != STDIN:
-        _check_seed_file(Path(seeds_path))
-    crawl = _Crawl(Path(seeds_path), settings, options or CrawlOptions(), progress)
+    """``crawl(seeds, ...)`` on an event loop of its own, which SIGINT/SIGTERM stop."""
     try:
         # uvloop: the crawler process's share of each image (HTTP, hand-off, storing) is
         # mostly event-loop work, and it takes CPU from the extraction processes.
-        return uvloop.run(crawl.run())
+        return uvloop.run(
+            crawl(seeds, settings, options=options, progress=progress, handle_signals=True)
+        )
     except asyncio.CancelledError:  # a second Ctrl-C: in-flight work was abandoned
         raise KeyboardInterrupt from None
+
+
+async def crawl(
+    seeds: str | Path | Iterable[str],
+    settings: Settings,
+    *,
+    options: CrawlOptions | None = None,
+    progress: ProgressCallback | None = None,
+    handle_signals: bool = False,
+) -> CrawlSummary:
+    """Crawl into the catalogue at ``settings.database.url`` in the running event loop: the
+    seed list at the path ``seeds`` (``-``: standard input), or the seed lines ``seeds``.
+    ``handle_signals``: SIGINT/SIGTERM stop it (only for a loop of its own)."""
+    if isinstance(seeds, str | Path) and str(seeds) != STDIN:
+        _check_seed_file(Path(seeds))
+        seeds = Path(seeds)
+    work = _Crawl(seeds, settings, options or CrawlOptions(), progress, handle_signals)
+    try:
+        return await work.run()
     except sa.exc.SQLAlchemyError as exc:  # the database went away, or is locked, say
         problem = database_problem(exc)
         raise CatalogueError(f"the catalogue failed during the crawl: {problem}") from exc
@@ -158,12 +175,14 @@ def run_crawl(
 class _Crawl:
     def __init__(
         self,
-        seeds_path: Path,
+        seeds: Path | str | Iterable[str],
         settings: Settings,
         options: CrawlOptions,
         progress: ProgressCallback | None,
+        handle_signals: bool,
     ) -> None:
-        self._seeds_path = seeds_path
+        self._seeds = seeds
+        self._handle_signals = handle_signals
         self._settings = settings
         self._crawl = settings.crawl
         self._options = options
@@ -256,7 +275,7 @@ class _Crawl:
                 add_seeds,
                 catalogue,
                 iter_seeds(
-                    self._seeds_path,
+                    self._seeds,
                     should_stop=lambda: self._stopping,
                     max_url_length=self._crawl.max_url_length,
                 ),
@@ -398,8 +417,10 @@ class _Crawl:
             log.warning("stopping: finishing the URLs in flight (signal again to abandon them)")
             self._stop()
 
-        # Signal handlers can only be set from the main thread; elsewhere the caller stops us.
-        handled = stop_signals if threading.current_thread() is threading.main_thread() else ()
+        # Signal handlers can only be set from the main thread, and only in a loop of our own;
+        # elsewhere the caller stops us.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        handled = stop_signals if self._handle_signals and in_main_thread else ()
         for number in handled:
             loop.add_signal_handler(number, stop)
         try:

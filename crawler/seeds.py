@@ -14,7 +14,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,23 +192,30 @@ def local_path(url: str) -> Path | None:
 
 
 def iter_seeds(
-    seeds_path: str | Path,
+    seeds: str | Path | Iterable[str],
     should_stop: Callable[[], bool] = lambda: False,
     max_url_length: int = DEFAULT_MAX_URL_LENGTH,
 ) -> Iterator[Seed | None]:
-    """Every seed of the list at ``seeds_path`` (``-``: standard input), in order, streamed
-    line by line. From standard input, ``None`` where the input pauses (the seeds so far
-    can be crawled meanwhile), and the end once ``should_stop()``: a pipe can stay open.
-    A URL longer than ``max_url_length`` is a bad seed with reason ``url_too_long``."""
+    """Every seed of the list at the path ``seeds`` (``-``: standard input), or of the lines
+    ``seeds`` (any other iterable of strings), in order, streamed line by line. From standard
+    input, ``None`` where the input pauses (the seeds so far can be crawled meanwhile), and
+    the end once ``should_stop()``: a pipe can stay open. A URL longer than
+    ``max_url_length`` is a bad seed with reason ``url_too_long``."""
+    lines: Iterable[str | None]
+    if not isinstance(seeds, str | Path):
+        lines, name = seeds, "the seeds given"
+    elif str(seeds) == STDIN:
+        lines, name = _stdin_lines(should_stop), "standard input"
+    else:
+        lines, name = _lines(seeds), str(seeds)
     try:
-        for line in _stdin_lines(should_stop) if str(seeds_path) == STDIN else _lines(seeds_path):
+        for line in lines:
             if line is None:
                 yield None
             elif (text := line.strip()) and not text.startswith("#"):
                 yield from _expand(text, max_url_length)
     except OSError as exc:
         reason = exc.strerror or exc
-        name = "standard input" if str(seeds_path) == STDIN else seeds_path
         raise SourceError(f"{name}: cannot read the seed list: {reason}") from None
 
 
