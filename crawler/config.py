@@ -24,6 +24,7 @@ DEFAULT_HASH_ALGORITHM = HASH_ALGORITHMS[0]
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = DEFAULT_DATABASE_URL
+    outage_timeout: float = 300.0  # seconds a crawl waits for its database to come back
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ def _bounded(settings: Settings) -> dict[str, tuple[int, int]]:
 
 def _validate(settings: Settings) -> None:
     positive = {
+        "database.outage_timeout": settings.database.outage_timeout,
         "crawl.concurrency": settings.crawl.concurrency,
         "crawl.per_host_concurrency": settings.crawl.per_host_concurrency,
         "crawl.max_size": settings.crawl.max_size,

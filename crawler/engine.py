@@ -51,6 +51,7 @@ from crawler.frontier import (
     mark_not_modified,
     utc_now,
 )
+from crawler.outage import DatabaseGuard
 from crawler.scheduler import Job, Scheduler
 from crawler.seeds import STDIN, iter_seeds
 from crawler.store import CrawlResult, store_results
@@ -81,6 +82,7 @@ class CrawlProgress:
     bytes: int = 0
     total: int | None = None
     started: float = field(default_factory=time.monotonic)
+    catalogue_down_since: float | None = None  # monotonic, while the database is away
 
     @property
     def elapsed(self) -> float:
@@ -197,8 +199,11 @@ class _Crawl:
         self._scheduler: Scheduler[Claim] = Scheduler(
             politeness_of(self._crawl), probe_new_hosts=self._crawl.robots
         )
+        self._guard = DatabaseGuard(settings.database.outage_timeout, self._outage_changed)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> CrawlSummary:
+        self._loop = asyncio.get_running_loop()
         # Made first: its processes load the extraction code while the catalogue opens.
         pool = ExtractionPool(
             pool_size(self._crawl.extract_workers),
@@ -207,7 +212,9 @@ class _Crawl:
         )
         catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
         name = self._options.worker_id or default_crawler_name()
-        feeder = Feeder(catalogue, self._scheduler, self._crawl, name, self._count_many)
+        feeder = Feeder(
+            catalogue, self._scheduler, self._crawl, name, self._count_many, self._guard
+        )
         try:
             await feeder.start()
             with self._signals_handled():
@@ -283,6 +290,7 @@ class _Crawl:
                 run_started=utc_now(),
                 should_stop=lambda: self._stopping,
                 batch_stored=lambda: loop.call_soon_threadsafe(feeder.seeds_stored.set),
+                guard=self._guard.run,
             )
         except BaseException:
             self._stop()  # drain what is in flight, then report the error
@@ -290,7 +298,7 @@ class _Crawl:
         finally:
             feeder.seeding_done.set()
             feeder.seeds_stored.set()
-        pending = await asyncio.to_thread(count_pending, catalogue)
+        pending = await self._guard.call(count_pending, catalogue)
         self._progress.total = self._progress.stored + pending
         self._report_progress(self._progress)
         return report
@@ -372,12 +380,12 @@ class _Crawl:
         unchanged = [item.url for item in pending if isinstance(item, _NotModified)]
         if results:
             try:
-                await asyncio.to_thread(store_results, catalogue, results)
+                await self._guard.call(store_results, catalogue, results)
             except (sa.exc.SQLAlchemyError, ValueError) as exc:
                 problem = database_problem(exc)
                 raise CatalogueError(f"cannot store crawl results: {problem}") from exc
         if unchanged:
-            await asyncio.to_thread(mark_not_modified, catalogue, unchanged, utc_now())
+            await self._guard.call(mark_not_modified, catalogue, unchanged, utc_now())
         for result in results:
             self._count(result.status, result.reason)
         for _ in unchanged:
@@ -391,6 +399,15 @@ class _Crawl:
         rows of a host that is down)."""
         for _ in range(rows):
             self._count("failed", reason)
+
+    def _outage_changed(self, since: float | None) -> None:
+        """From the thread that met the outage (or its end): shown on the loop's side."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._show_outage, since)
+
+    def _show_outage(self, since: float | None) -> None:
+        self._progress.catalogue_down_since = since
+        self._report_progress(self._progress)
 
     def _stop(self) -> None:
         self._stopping = True

@@ -52,6 +52,7 @@ from crawler.frontier import (
     repair_hosts,
     save_host,
 )
+from crawler.outage import DatabaseGuard
 from crawler.scheduler import Host, Job, Scheduler
 from crawler.seeds import LOCAL_HOST
 
@@ -75,9 +76,9 @@ class _Held:
 
 
 class Feeder:
-    """Stocks ``scheduler`` from ``catalogue`` for the crawler named ``name``.
-    ``rows_failed(reason, count)`` hears of rows failed in the catalogue without ever
-    being claimed (those of a host that is down)."""
+    """Stocks ``scheduler`` from ``catalogue`` for the crawler named ``name``, its database
+    work through ``guard`` (an outage pauses it). ``rows_failed(reason, count)`` hears of
+    rows failed in the catalogue without ever being claimed (those of a host that is down)."""
 
     def __init__(
         self,
@@ -86,8 +87,10 @@ class Feeder:
         settings: CrawlSettings,
         name: str,
         rows_failed: RowsFailed,
+        guard: DatabaseGuard,
     ) -> None:
         self._catalogue = catalogue
+        self._guard = guard
         self._scheduler = scheduler
         self._settings = settings
         self._clock = DatabaseClock()
@@ -109,8 +112,8 @@ class Feeder:
         return self._lease.id
 
     async def start(self) -> None:
-        await asyncio.to_thread(forget_dead_local_crawlers, self._catalogue)
-        await asyncio.to_thread(self._lease.register)
+        await self._guard.call(forget_dead_local_crawlers, self._catalogue)
+        await self._guard.call(self._lease.register)
         self._scheduler.renew_lease(self._lease.valid_until)
         self._heartbeat = asyncio.create_task(self._beat())
 
@@ -137,7 +140,7 @@ class Feeder:
             with contextlib.suppress(Exception):
                 await task
         for held in list(self._held.values()):
-            await asyncio.to_thread(
+            await self._guard.call(
                 release_host,
                 self._catalogue,
                 self.crawler_id,
@@ -145,9 +148,9 @@ class Feeder:
                 self._state(held.host),
             )
         self._held.clear()
-        await asyncio.to_thread(release, self._catalogue, self.crawler_id)
-        await asyncio.to_thread(release_hosts, self._catalogue, self.crawler_id)
-        await asyncio.to_thread(self._lease.end)
+        await self._guard.call(release, self._catalogue, self.crawler_id)
+        await self._guard.call(release_hosts, self._catalogue, self.crawler_id)
+        await self._guard.call(self._lease.end)
 
     # -- HostEvents, from the downloader ------------------------------------------------
 
@@ -158,7 +161,7 @@ class Feeder:
         if held is None or host.paused_until - time.monotonic() < self._heartbeat_seconds:
             return
         self._in_background(
-            asyncio.to_thread(
+            self._guard.call(
                 save_host, self._catalogue, self.crawler_id, host.key, self._state(held.host)
             )
         )
@@ -207,7 +210,7 @@ class Feeder:
         """Hold no more than a fair share of the hosts with work while other crawlers are
         live: the hosts over it are not refilled, and go once their queues are empty."""
         self._share_checked = time.monotonic()
-        live, with_work = await asyncio.to_thread(
+        live, with_work = await self._guard.call(
             hosts_share, self._catalogue, self._lease.live_since()
         )
         self._fair_share = max(1, math.ceil(with_work / max(live, 1)))
@@ -226,7 +229,7 @@ class Feeder:
                 continue
             del self._held[key]
             self._scheduler.remove_host(key)
-            await asyncio.to_thread(
+            await self._guard.call(
                 release_host,
                 self._catalogue,
                 self.crawler_id,
@@ -263,7 +266,7 @@ class Feeder:
 
     async def _claim(self, limits: dict[str, int]) -> None:
         now = self._clock.now()
-        claimed = await asyncio.to_thread(
+        claimed = await self._guard.call(
             claim_rows,
             self._catalogue,
             self.crawler_id,
@@ -285,7 +288,7 @@ class Feeder:
         room = min(self._max_hosts, self._fair_share) - len(self._held)
         if room <= 0:
             return
-        records = await asyncio.to_thread(
+        records = await self._guard.call(
             acquire_hosts,
             self._catalogue,
             self.crawler_id,
@@ -333,7 +336,7 @@ class Feeder:
             await asyncio.sleep(0.1)
         self._held.pop(held.host.key, None)
         now = self._clock.now()
-        failed = await asyncio.to_thread(
+        failed = await self._guard.call(
             give_up_host,
             self._catalogue,
             self.crawler_id,
@@ -357,12 +360,12 @@ class Feeder:
             return False
         if time.monotonic() - self._last_empty_acquire > POLL_SECONDS:
             return False  # take another look for hosts first
-        pending = await asyncio.to_thread(count_pending, self._catalogue, self.crawler_id)
+        pending = await self._guard.call(count_pending, self._catalogue, self.crawler_id)
         if not pending:
             return True
         self._stuck_rounds += 1
-        if self._stuck_rounds >= STUCK_ROUNDS and await asyncio.to_thread(self._alone):
-            repaired = await asyncio.to_thread(repair_hosts, self._catalogue)
+        if self._stuck_rounds >= STUCK_ROUNDS and await self._guard.call(self._alone):
+            repaired = await self._guard.call(repair_hosts, self._catalogue)
             log.info("%d pending rows; told %d hosts they have work", pending, repaired)
             self._stuck_rounds = 0
             self._last_empty_acquire = -math.inf
@@ -393,7 +396,7 @@ class Feeder:
         for key in [*self._held, LOCAL_HOST]:
             self._scheduler.remove_host(key)
         self._held.clear()
-        await asyncio.to_thread(self._lease.register)
+        await self._guard.call(self._lease.register)
         self._scheduler.renew_lease(self._lease.valid_until)
 
     def _in_background(self, work: Coroutine[Any, Any, object]) -> None:

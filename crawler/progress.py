@@ -1,5 +1,6 @@
 """What a person watching a crawl sees: a rich progress bar on stderr, then a summary."""
 
+import time
 from typing import Self, TextIO
 
 from rich.console import Console
@@ -34,11 +35,12 @@ class ProgressBar:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[state]}"),
             console=console or Console(stderr=True),
             transient=False,
         )
         self._task = self._progress.add_task(
-            "crawl", total=None, rate=0.0, ok=0, failed=0, skipped=0
+            "crawl", total=None, rate=0.0, ok=0, failed=0, skipped=0, state=""
         )
 
     def __enter__(self) -> Self:
@@ -58,7 +60,15 @@ class ProgressBar:
             ok=progress.ok,
             failed=progress.failed,
             skipped=progress.skipped,
+            state=_state(progress),
         )
+
+
+def _state(progress: CrawlProgress) -> str:
+    if progress.catalogue_down_since is None:
+        return ""
+    waited = time.monotonic() - progress.catalogue_down_since
+    return f"[bold red]catalogue unreachable for {waited:.0f} s, retrying[/]"
 
 
 def print_summary(summary: CrawlSummary, out: TextIO) -> None:

@@ -410,6 +410,7 @@ def test_cli_reports_a_catalogue_another_program_keeps_locked_in_one_line(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(catalogue, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    config.write_text(config.read_text() + "\n[database]\noutage_timeout = 1.0\n")
     path = tmp_path / "catalogue.db"
     db_url = f"sqlite:///{path}"
     open_catalogue(db_url).close()  # the schema exists: the crawl waits at its first write
@@ -425,7 +426,8 @@ def test_cli_reports_a_catalogue_another_program_keeps_locked_in_one_line(
         holder.close()
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: the catalogue failed during the crawl: database is locked"
+        "Error: the catalogue was unreachable for over 1 s (database.outage_timeout): "
+        "database is locked"
     ]
 
 

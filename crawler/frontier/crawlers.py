@@ -73,21 +73,21 @@ class CrawlerLease:
 
     def register(self) -> str:
         """Start beating under a new id; returns it."""
-        self.id = f"{self._name}/{secrets.token_hex(4)}"
+        crawler_id = f"{self._name}/{secrets.token_hex(4)}"
         sent = time.monotonic()
         with self._catalogue.engine.begin() as connection:
             self.clock.synchronise(connection)
             now = self.clock.now()
             connection.execute(
                 sa.insert(crawlers).values(
-                    id=self.id,
+                    id=crawler_id,
                     machine=socket.gethostname(),
                     pid=os.getpid(),
                     started_at=now,
                     heartbeat_at=now,
                 )
             )
-        self.valid_until = sent + self.lease_seconds
+        self.id, self.valid_until = crawler_id, sent + self.lease_seconds
         return self.id
 
     def renew(self) -> bool:

@@ -11,6 +11,7 @@ revalidated with If-None-Match / If-Modified-Since. Only rows last updated befor
 started are requeued, so a row is not redone twice in a run.
 """
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,31 +50,47 @@ def add_seeds(
     run_started: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     batch_stored: Callable[[], object] = lambda: None,
+    guard: Callable[[Callable[[], "_Stored"]], "_Stored"] = lambda work: work(),
 ) -> SeedingReport:
     """Insert ``seeds`` as pending rows (bad ones as failed, with their reason), in batches
     of ``SEED_BATCH_SIZE``; a ``None`` among them ends a batch early (the input paused).
 
     Rows of these seeds whose status is in ``requeue`` and that were last updated before
     ``run_started`` go back to pending. Stops early when ``should_stop()`` turns true.
-    ``batch_stored()`` is called after each batch is committed.
+    ``batch_stored()`` is called after each batch is committed; ``guard(work)`` runs each
+    batch's transaction (the crawl's tries it again through a database outage).
     """
     total = requeued = added = 0
     invalid: Counter[str] = Counter()
     batches = _batches(seeds)
     while not should_stop() and (batch := next(batches, None)):
         total += len(batch)
-        with catalogue.engine.begin() as connection:
-            new_rows = _insert_seeds(connection, catalogue.dialect, batch)
-            added += len(new_rows)
-            invalid.update(row.reason for row in new_rows if row.status == "failed")
-            hosts_with_work = {row.host for row in new_rows if row.status == "pending"}
-            if requeue:
-                again = _requeue(connection, batch, requeue, run_started or utc_now())
-                requeued += len(again)
-                hosts_with_work |= again
-            note_work(connection, hosts_with_work)
+        new_rows, again = guard(
+            functools.partial(_store_batch, catalogue, batch, requeue, run_started or utc_now())
+        )
+        added += len(new_rows)
+        invalid.update(row.reason for row in new_rows if row.status == "failed")
+        requeued += again
         batch_stored()
     return SeedingReport(seeds=total, added=added, requeued=requeued, invalid=invalid)
+
+
+_Stored = tuple[list[sa.Row[Any]], int]  # a batch's new rows, and how many it requeued
+
+
+def _store_batch(
+    catalogue: Catalogue, batch: list[Seed], requeue: Sequence[str], run_started: datetime
+) -> _Stored:
+    """One batch in one transaction: its new rows, and how many it requeued."""
+    with catalogue.engine.begin() as connection:
+        new_rows = _insert_seeds(connection, catalogue.dialect, batch)
+        hosts_with_work = {row.host for row in new_rows if row.status == "pending"}
+        again: set[str] = set()
+        requeued = 0
+        if requeue:
+            requeued, again = _requeue(connection, batch, requeue, run_started)
+        note_work(connection, hosts_with_work | again)
+    return new_rows, requeued
 
 
 def _batches(seeds: Iterable[Seed | None]) -> Iterator[list[Seed]]:
@@ -159,8 +176,9 @@ _POSTGRESQL_SEED_INSERT = _postgresql_seed_insert()
 
 def _requeue(
     connection: sa.Connection, batch: list[Seed], statuses: Sequence[str], before: datetime
-) -> set[str]:
-    """Put the rows of ``batch`` in ``statuses`` back to pending; returns their hosts."""
+) -> tuple[int, set[str]]:
+    """Put the rows of ``batch`` in ``statuses`` back to pending; returns how many, and
+    their hosts."""
     statement = (
         sa.update(images)
         .where(
@@ -171,7 +189,8 @@ def _requeue(
         .values(status="pending", claimed_by=None, claimed_at=None)
         .returning(images.c.host)
     )
-    return {host for host in connection.execute(statement).scalars() if host is not None}
+    hosts_requeued = list(connection.execute(statement).scalars())
+    return len(hosts_requeued), {host for host in hosts_requeued if host is not None}
 
 
 def note_work(connection: sa.Connection, host_names: Iterable[str | None]) -> None:
