@@ -16,9 +16,9 @@ else the job's URL. What came back decides what happens to the job and to its ho
   most ``crawl.retries.retry_after_max``), or an exponential backoff, and the job is tried
   again after it;
 - 408, 500, 502, 504: the job alone is retried after an exponential backoff with jitter;
-- robots.txt answering 5xx or 429: nothing of the origin is fetched (RFC 9309), the host
-  pauses and tries again; after ``crawl.retries.attempts`` such answers its jobs fail
-  ``robots_unavailable``. A 4xx robots.txt means no rules.
+- robots.txt answering 5xx or 429, or not at all: nothing of the origin is fetched (RFC
+  9309), the host pauses and tries again; after ``crawl.retries.attempts`` such tries its
+  jobs fail ``robots_unavailable``. A 4xx robots.txt means no rules.
 
 Every job has a deadline, ``crawl.timeouts.url`` after its first request started, across
 tries and redirects; a request is cut short at it, and a retry that would start after it
@@ -207,8 +207,6 @@ class Downloader(Generic[T]):
                 host.robots_delay = answer.rules.delay(self._settings.user_agent)
                 host.next_start = max(host.next_start, ticket.started + host.delay)
                 self._answered(host)
-            case _RobotsFailed(error) if error.reason in CONNECTION_REASONS:
-                return self._failed_to_connect(host, error)
             case _RobotsFailed(error):
                 host.robots_failures += 1
                 if host.robots_failures >= self._retries.attempts:

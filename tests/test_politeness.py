@@ -171,19 +171,28 @@ def test_robots_txt_that_stays_unavailable_fails_the_host_after_the_attempts(
     assert set(statuses(db_url).values()) == {"failed"}
 
 
+@pytest.mark.parametrize(
+    ("robots", "reason", "says"),
+    [
+        ("true", "robots_unavailable", "robots.txt: unavailable 3 times"),
+        ("false", "connection_error", "127.0.0.250 is down"),
+    ],
+)
 def test_a_dead_host_fails_all_its_urls_without_each_burning_its_tries(
-    db_url: str, config: Path, web: WebHosts, tmp_path: Path
+    db_url: str, config: Path, web: WebHosts, tmp_path: Path, robots: str, reason: str, says: str
 ) -> None:
     dead = [f"http://127.0.0.250:{web.port}/img/{n}.jpg" for n in range(30)]  # nothing listens
-    config = with_settings(config, "host_failures = 4\n")
+    config.write_text(
+        SETTINGS.replace("[crawl]\n", f"[crawl]\nrobots = {robots}\n") + "host_failures = 4\n"
+    )
     started = time.monotonic()
 
     summary = crawl(config, db_url, [*dead, *web.images("fast0", 3)], tmp_path / "seeds.txt")
 
     assert summary.by_status == {"failed": 30, "ok": 3}
-    assert summary.by_reason == {"connection_error": 30}
+    assert summary.by_reason == {reason: 30}
     assert time.monotonic() - started < 8
-    assert all("127.0.0.250 is down" in row.error for row in rows(db_url).values() if row.error)
+    assert all(says in row.error for row in rows(db_url).values() if row.error)
 
 
 def test_a_url_of_ten_thousand_characters_is_crawled_and_stored(
