@@ -286,6 +286,34 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
     return picture if picture.size == libvips_size else picture.crop((0, 0, *libvips_size))
 
 
+def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> Image.Image | None:
+    """A PNG's or GIF's palette indices, decoded by Pillow, where the colours they index are
+    the pixels libvips gives: no transparency, a first frame that covers the canvas, no index
+    past the palette. None (decode with libvips instead) for any other image or damage.
+
+    The pHash then converts the palette's colours instead of every pixel's.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            picture = Image.open(io.BytesIO(data), formats=["PNG", "GIF"])
+            if (
+                picture.mode != "P"
+                or "transparency" in picture.info
+                or picture.size != (header.width, header.height)
+                or any(tile.extents != (0, 0, *picture.size) for tile in picture.tile)
+            ):
+                return None
+            picture.load()
+            colours = len(picture.getpalette("RGB") or ()) // 3
+    except (Image.DecompressionBombError, UnidentifiedImageError, *_PILLOW_ERRORS):
+        return None
+    highest_index = picture.getextrema()[1]
+    if picture.mode != "P" or not isinstance(highest_index, int) or highest_index >= colours:
+        return None
+    return picture
+
+
 def decode_with_pillow(
     data: bytes, header: ImageHeader, where: str = "", *, min_size: int = 0
 ) -> Image.Image:

@@ -5,17 +5,20 @@ The arithmetic on hash values (hex text, the stored signed integer, distance) is
 """
 
 import math
-from typing import Final
+from dataclasses import replace
+from typing import Final, TypeAlias
 
 import numpy as np
 import pyvips
 from PIL import Image
 
 from crawler.errors import ConfigError, DecodeError
+from crawler.extract import icc, resample
 from crawler.extract.image import (
     VIPS_FORMATS,
     ImageHeader,
     decode_jpeg_as_libvips,
+    decode_palette_as_libvips,
     decode_with_pillow,
     load_vips,
     vips_errors,
@@ -29,6 +32,12 @@ from crawler.extract.image import (
 _SAMPLE_SIZE: Final = 32
 _LOW_SIZE: Final = 8
 _SIXTEEN_BIT: Final = frozenset({"rgb16", "grey16"})
+# The 8-bit libvips images that numpy takes, as Pillow's modes; and how big they may be:
+# numpy holds the whole image where libvips streams it, and above ~120,000 pixels libvips'
+# greyscale conversion is faster than numpy's.
+_VIPS_MODES: Final = {(3, "uchar", "srgb"): "RGB", (1, "uchar", "b-w"): "L"}
+_NUMPY_MAX_PIXELS: Final = 4_200_000
+_NUMPY_RGB_MAX_PIXELS: Final = 120_000
 # Where Pillow decodes what libvips cannot: HEVC (pillow-heif has libde265) and JPEG data
 # libvips gives up on. Elsewhere Pillow adds nothing but libtiff's noise on stderr.
 _PILLOW_FALLBACK_FORMATS: Final = frozenset({"jpg", "heif"})
@@ -101,7 +110,7 @@ def imagekit_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
     if header.format not in VIPS_FORMATS:
         return _dct_hash(_greyscale_32_via_pillow(data, header, where))
     try:
-        samples = _greyscale_32_via_vips(data, header, where)
+        samples = _greyscale_32(decode_reduced(data, header, where), header, where)
     except DecodeError as vips_failure:
         if header.format not in _PILLOW_FALLBACK_FORMATS:
             raise
@@ -126,24 +135,92 @@ def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
     return int(str(imagehash.phash(picture)), 16)
 
 
-def _greyscale_32_via_vips(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
-    """The 32 x 32 greyscale samples sharp hands to sharp-phash, through libvips."""
+# The image as sharp's loader hands it on: decoded at the reduced size shrink-on-load gives
+# (JPEG at 1/2 to 1/8, WebP scaled), EXIF orientation not applied, no colour conversion yet.
+# JPEG pixels come from Pillow, the rest from libvips (lazy: decoded when asked for, once).
+ReducedImage: TypeAlias = Image.Image | pyvips.Image
+
+
+def decode_reduced(data: bytes, header: ImageHeader, where: str = "") -> ReducedImage:
+    """``data`` decoded as far as sharp's shrink-on-load goes for the pHash's 32 x 32.
+
+    ``header`` is ``image.read_header(data, ...)``, already checked against the limits.
+    """
     load_options = _shrink_on_load(header)
     picture = None
     if header.format == "jpg":
         picture = decode_jpeg_as_libvips(data, header, int(load_options.get("shrink", 1)))
+    elif header.format in ("png", "gif") and header.width * header.height <= _NUMPY_MAX_PIXELS:
+        picture = decode_palette_as_libvips(data, header)
+        if picture is not None and not _fits_numpy(picture.mode, picture.size, _profile(picture)):
+            picture = None  # libvips keeps the palette's colour profile
     if picture is not None:
-        image = _vips_from_pillow(picture)
-    else:
-        image = load_vips(data, header.format, where, **load_options)
-    with vips_errors(header.format, where, "pixels"):
-        return _sharp_pipeline(image, header.orientation)
+        return picture
+    return load_vips(data, header.format, where, **load_options)
 
 
 def _greyscale_32_via_pillow(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
     picture = decode_with_pillow(data, header, where, min_size=_SAMPLE_SIZE)
+    return _greyscale_32(picture, replace(header, orientation=1), where)
+
+
+def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.ndarray:
+    """The 32 x 32 greyscale samples sharp hands to sharp-phash."""
     with vips_errors(header.format, where, "pixels"):
-        return _sharp_pipeline(_vips_from_pillow(picture), orientation=1)
+        grey = _numpy_grey(reduced)
+        if grey is None:
+            if isinstance(reduced, Image.Image):
+                reduced = _vips_from_pillow(reduced)
+            return _sharp_pipeline(reduced, header.orientation)
+    sequential = isinstance(reduced, pyvips.Image)
+    samples = resample.reduce_to(grey, _SAMPLE_SIZE, _SAMPLE_SIZE, sequential=sequential)
+    return _oriented(samples, header.orientation)
+
+
+def _numpy_grey(reduced: ReducedImage) -> np.ndarray | None:
+    """sharp's ICC conversion to sRGB and greyscale of a small 8-bit RGB, palette or grey
+    image without alpha, computed in numpy as libvips computes them (``icc``,
+    ``resample``); None for the other images, which libvips takes.
+
+    A pipeline of libvips operations costs more to set up than small images cost to
+    compute; on big RGB images (over ``_NUMPY_RGB_MAX_PIXELS``) libvips is faster.
+    """
+    if isinstance(reduced, Image.Image):
+        mode, size = reduced.mode, reduced.size
+    else:
+        mode = _VIPS_MODES.get((reduced.bands, reduced.format, reduced.interpretation), "")
+        size = (reduced.width, reduced.height)
+    profile = _profile(reduced)
+    if not _fits_numpy(mode, size, profile):
+        return None
+    if isinstance(reduced, pyvips.Image):
+        shape = (reduced.height, reduced.width, reduced.bands)
+        pixels = np.ndarray(shape, np.uint8, reduced.write_to_memory())
+    else:
+        pixels = np.asarray(reduced)
+    if mode == "L":
+        return pixels.reshape(pixels.shape[:2])
+    if mode == "RGB":
+        return resample.srgb_to_grey(icc.to_srgb(pixels, profile) if profile else pixels)
+    # A palette image: the grey of each colour of the palette, looked up.
+    palette = np.array(reduced.getpalette("RGB"), dtype=np.uint8).reshape(1, -1, 3)
+    return resample.srgb_to_grey(icc.to_srgb(palette, profile) if profile else palette)[0][pixels]
+
+
+def _profile(reduced: ReducedImage) -> bytes | None:
+    if isinstance(reduced, Image.Image):
+        profile = reduced.info.get("icc_profile")
+        return bytes(profile) if profile else None
+    return reduced.get("icc-profile-data") if reduced.get_typeof("icc-profile-data") else None
+
+
+def _fits_numpy(mode: str, size: tuple[int, int], profile: bytes | None) -> bool:
+    if mode not in ("RGB", "L", "P") or min(size) < _SAMPLE_SIZE:
+        return False  # numpy does no enlarging
+    most = _NUMPY_RGB_MAX_PIXELS if mode == "RGB" else _NUMPY_MAX_PIXELS
+    if size[0] * size[1] > most:
+        return False
+    return not profile or (mode != "L" and icc.can_convert(profile))
 
 
 def _shrink_on_load(header: ImageHeader) -> dict[str, int | float]:
@@ -172,12 +249,11 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
         image = image.premultiply().cast(band_format)
     if hshrink != 1.0 or vshrink != 1.0:
         image = image.resize(1.0 / hshrink, vscale=1.0 / vshrink, kernel="lanczos3")
-    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
     if not has_alpha and image.bands == 1 and image.format == "uchar":
         # Already the 8-bit grey sharp hands over; turning 32 x 32 samples in numpy saves
         # the cost of three more libvips operations.
-        samples = np.rot90(_samples(image), -quarter_turns)
-        return samples[:, ::-1] if mirror else samples
+        return _oriented(_samples(image), orientation)
+    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
     if quarter_turns:
         image = image.rot(f"d{90 * quarter_turns}")
     if mirror:
@@ -189,6 +265,13 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
     if image.interpretation != "srgb":
         image = image.colourspace("srgb", source_space=image.interpretation)
     return _samples(image[0].cast("uchar"))
+
+
+def _oriented(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """32 x 32 samples turned as sharp's ``rotate()`` turns the image for ``orientation``."""
+    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
+    samples = np.rot90(samples, -quarter_turns)
+    return samples[:, ::-1] if mirror else samples
 
 
 def _samples(grey: pyvips.Image) -> np.ndarray:
@@ -245,7 +328,4 @@ def _dct_hash(samples: np.ndarray) -> int:
     sums = np.cumsum(terms, axis=1)[:, -1]
     coefficients = sums * 0.25  # (SQRT[u] * SQRT[v]) / 4 with u, v >= 1
     mean = float(np.cumsum(coefficients)[-1]) / (_LOW_SIZE * _LOW_SIZE)
-    value = 0
-    for coefficient in coefficients:
-        value = (value << 1) | int(coefficient > mean)
-    return value
+    return int.from_bytes(np.packbits(coefficients > mean).tobytes(), "big")
