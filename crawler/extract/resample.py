@@ -13,13 +13,11 @@ Sources (libvips 8.18): ``colour/LabQ2sRGB.c`` (the tables and ``vips_col_scRGB2
 """
 
 import ctypes
-import ctypes.util
 import functools
 import math
 from typing import Final
 
 import numpy as np
-import pyvips
 
 _GAP: Final = 2.0  # vips_resize's default reducing gap
 _TRANSFORM_SCALE: Final = 64  # VIPS_TRANSFORM_SCALE: mask positions between two pixels
@@ -32,19 +30,22 @@ _LUMINANCE: Final = (np.float32(0.2126), np.float32(0.7152), np.float32(0.0722))
 
 
 def _libm() -> ctypes.CDLL:
-    library = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-    for name in ("powf", "rintf"):
-        function = getattr(library, name)
-        function.restype = ctypes.c_float
-        function.argtypes = [ctypes.c_float, ctypes.c_float][: 2 if name == "powf" else 1]
+    library = ctypes.CDLL("libm.so.6")  # glibc's, which libvips calls (Linux only, as the crawler)
+    library.powf.restype = ctypes.c_float
+    library.powf.argtypes = [ctypes.c_float, ctypes.c_float]
+    library.rintf.restype = ctypes.c_float
+    library.rintf.argtypes = [ctypes.c_float]
     return library
 
 
-def _linear_to_srgb_table() -> np.ndarray:
-    """libvips' ``vips_Y2v_8``: 8-bit linear light to sRGB, one extra entry for interpolating.
+# libvips' calcul_tables(), with the C library's powf and rintf as libvips calls them. (Not
+# read back from libvips: a libvips operation at import would start its threads in the
+# extraction pool's fork server, and a process forked from it would hang on their locks.)
+_LIBM: Final = _libm()
 
-    Computed with the C library's ``powf`` and ``rintf``, as libvips computes it."""
-    libm = _libm()
+
+def _linear_to_srgb_table() -> np.ndarray:
+    """libvips' ``vips_Y2v_8``: 8-bit linear light to sRGB, one extra entry for interpolating."""
     table = []
     for i in range(256):
         f = np.float32(i) / np.float32(255)
@@ -52,29 +53,29 @@ def _linear_to_srgb_table() -> np.ndarray:
             v = np.float32(12.92) * f
         else:
             scale = np.float32(1.0) + np.float32(0.055)
-            v = scale * np.float32(libm.powf(f, np.float32(1.0) / np.float32(2.4)))
+            v = scale * np.float32(_LIBM.powf(f, np.float32(1.0) / np.float32(2.4)))
             v -= np.float32(0.055)
-        table.append(int(libm.rintf(np.float32(255) * v)))
+        table.append(int(_LIBM.rintf(np.float32(255) * v)))
     return np.array([*table, table[-1]], dtype=np.int32)
 
 
 def _srgb_to_linear_table() -> np.ndarray:
-    """libvips' ``vips_v2Y_8``, read back from libvips: sRGB 0..255 to linear light."""
-    ramp = pyvips.Image.new_from_array(np.arange(256, dtype=np.uint8).reshape(1, 256, 1))
-    ramp = ramp.bandjoin([ramp, ramp]).copy(interpretation="srgb")
-    linear = np.frombuffer(ramp.colourspace("scrgb").write_to_memory(), dtype=np.float32)
-    return linear.reshape(256, 3)[:, 0].copy()
+    """libvips' ``vips_v2Y_8``: sRGB 0..255 to linear light."""
+    table = []
+    for i in range(256):
+        f = np.float32(i) / np.float32(255)
+        if float(f) <= 0.04045:
+            table.append(f / np.float32(12.92))
+        else:
+            base = (f + np.float32(0.055)) / (np.float32(1) + np.float32(0.055))
+            table.append(np.float32(_LIBM.powf(base, np.float32(2.4))))
+    return np.array(table, dtype=np.float32)
 
 
 _LINEAR_TO_SRGB: Final = _linear_to_srgb_table()
 _LINEAR_BASE: Final = _LINEAR_TO_SRGB[:-1].astype(np.float32)
 _LINEAR_STEPS: Final = (_LINEAR_TO_SRGB[1:] - _LINEAR_TO_SRGB[:-1]).astype(np.float32)
-_RED, _GREEN, _BLUE = (weight * _srgb_to_linear_table() for weight in _LUMINANCE)
-# vips_col_scRGB2BW's sum (R + G) + B in single precision: R + G for each red * 256 + green.
-_RED_GREEN: Final = (_RED[:, None] + _GREEN[None, :]).reshape(-1)
-# The grey of a luminance is a step function of it. Indexed by the top 20 bits of the
-# luminance's float32 (a range of 4096 floats), the grey where it is one value in the whole
-# range, and which ranges hold a step and need the exact formula.
+# The grey of a luminance is a step function of it: see _grey_tables.
 _RANGE_SHIFT: Final = 12
 
 
@@ -86,26 +87,33 @@ def _grey_of_luminance(luminance: np.ndarray) -> np.ndarray:
     return np.rint(_LINEAR_BASE[whole] + _LINEAR_STEPS[whole] * fraction).astype(np.uint8)
 
 
-def _grey_by_range() -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _grey_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup tables for ``srgb_to_grey``, made on first use (~25 ms).
+
+    vips_col_scRGB2BW's luminance sum (R + G) + B in single precision: R + G for each
+    red * 256 + green, and B for each blue. Then, indexed by the top 20 bits of the
+    luminance's float32 (a range of 4096 floats), the grey where it is one value over the
+    whole range, and which ranges hold a step of it and need the exact formula.
+    """
+    red, green, blue = (weight * _srgb_to_linear_table() for weight in _LUMINANCE)
+    red_green = (red[:, None] + green[None, :]).reshape(-1)
     # Luminance is at most 1 (the weights sum to 1), a few ulps more by rounding.
     ranges = (int(np.float32(1.01).view(np.uint32)) >> _RANGE_SHIFT) + 1
     starts = np.arange(ranges, dtype=np.uint32) << _RANGE_SHIFT
     first = _grey_of_luminance(starts.view(np.float32))
     last = _grey_of_luminance((starts + ((1 << _RANGE_SHIFT) - 1)).view(np.float32))
-    return first, first != last
-
-
-_GREY_BY_RANGE, _STEP_IN_RANGE = _grey_by_range()
+    return red_green, blue, first, first != last
 
 
 def srgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     """``colourspace("b-w")`` of an 8-bit sRGB image (height x width x 3, uint8)."""
+    red_green, blue, grey_by_range, step_in_range = _grey_tables()
     pixels = np.ascontiguousarray(rgb).reshape(-1, 3)
-    red_green = pixels[:, :2].view(">u2")[:, 0]  # red * 256 + green
-    luminance = np.take(_RED_GREEN, red_green) + np.take(_BLUE, pixels[:, 2])
+    luminance = np.take(red_green, pixels[:, :2].view(">u2")[:, 0]) + np.take(blue, pixels[:, 2])
     ranges = luminance.view(np.uint32) >> _RANGE_SHIFT
-    grey = np.take(_GREY_BY_RANGE, ranges, mode="clip")
-    exact = np.flatnonzero(np.take(_STEP_IN_RANGE, ranges, mode="clip"))
+    grey = np.take(grey_by_range, ranges, mode="clip")
+    exact = np.flatnonzero(np.take(step_in_range, ranges, mode="clip"))
     grey[exact] = _grey_of_luminance(luminance[exact])
     return grey.reshape(rgb.shape[:2])
 
