@@ -25,6 +25,7 @@ from crawler.config import CrawlSettings
 from crawler.errors import CrawlerError
 from crawler.files import file_errors, within_limit
 from crawler.seeds import host_problem, local_path
+from crawler.signatures import image_signature
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +113,6 @@ class Redirect:
 
     location: URL
     http_status: int
-
-
-def image_signature(head: bytes) -> str | None:
-    """The image format the first bytes announce (magic numbers), or None."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[4:8] == b"ftyp":
-        return "avif" if head[8:12] in (b"avif", b"avis") else "heif"
-    return None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

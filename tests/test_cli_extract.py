@@ -10,6 +10,7 @@ from crawler.cli import cli
 from crawler.extract import extract
 from tests.faultserver import FaultServer
 from tests.slow_image import interlaced_png
+from tests.test_image import GRADIENT_PHASH, bigtiff
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
 CANON = SAMPLES / "Canon_40D.jpg"
@@ -57,6 +58,15 @@ def test_extract_one_file_prints_the_object_as_pretty_json() -> None:
     assert "\n  " in out
     assert json.loads(out) == extract(CANON.read_bytes()).metadata
     assert list(json.loads(out))[:3] == ["height", "width", "size"]
+
+
+def test_extract_reads_a_bigtiff(tmp_path: Path) -> None:
+    # its magic number is not classic TIFF's: the fetcher's check took it for no image
+    path = tmp_path / "big.tif"
+    path.write_bytes(bigtiff())
+    code, out, err = run("extract", str(path))
+    assert (code, err) == (0, "")
+    assert json.loads(out)["pHash"] == GRADIENT_PHASH
 
 
 def test_extract_jsonl_prints_a_line_per_input_and_fails_on_a_bad_one(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Synthetic blocks are built here with struct so that each value rule of
 import io
 import json
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -23,85 +24,32 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from crawler.errors import ExifError
+from crawler.extract import extract
 from crawler.extract.exif import MAX_ENTRIES, UNSUPPORTED_MAKERNOTE, read_exif
+from crawler.extract.exif import SECTIONS as EXIF_SECTIONS
 from crawler.extract.exif_tags import EXIF_TAGS, GPS_TAGS
 from tests.conftest import CORPUS, EXPECTED, IN_CI, SHARED, require_shared
+from tests.tiff_builder import (
+    ASCII,
+    BYTE,
+    DOUBLE,
+    FLOAT,
+    IFD,
+    LONG,
+    LONG8,
+    RATIONAL,
+    SHORT,
+    SRATIONAL,
+    SSHORT,
+    UNDEFINED,
+    entry,
+    ifd_size,
+    tiff_block,
+)
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 FORMAT_BY_SUFFIX = {".tiff": "tiff", ".heic": "heif", ".heif": "heif", ".webp": "webp"}
 FORMAT_BY_SUFFIX |= {".png": "png", ".avif": "avif"}
-
-# EXIF field types
-BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE = (
-    range(1, 13)
-)
-_CODES = {BYTE: "B", SHORT: "H", LONG: "L", SBYTE: "b", SSHORT: "h", SLONG: "l", FLOAT: "f"}
-_CODES |= {DOUBLE: "d", RATIONAL: "L", SRATIONAL: "l"}
-
-Entry = tuple[int, int, int, bytes]  # tag, field type, component count, encoded value
-
-
-def entry(tag: int, field_type: int, value: Any, order: str = "<") -> Entry:
-    """One IFD entry: bytes for ASCII/UNDEFINED, a list of numbers or (num, den) pairs else."""
-    if field_type in (ASCII, UNDEFINED):
-        return tag, field_type, len(value), value
-    flat = value
-    if field_type in (RATIONAL, SRATIONAL):
-        flat = [part for pair in value for part in pair]
-    return (
-        tag,
-        field_type,
-        len(value),
-        struct.pack(f"{order}{len(flat)}{_CODES[field_type]}", *flat),
-    )
-
-
-def ifd_size(entries: list[Entry]) -> int:
-    out_of_line = sum(len(e[3]) + (len(e[3]) & 1) for e in entries if len(e[3]) > 4)
-    return 2 + 12 * len(entries) + 4 + out_of_line
-
-
-def encode_ifd(entries: list[Entry], at: int, order: str = "<", next_ifd: int = 0) -> bytes:
-    """A directory at offset ``at`` with its out-of-line values right after it."""
-    data_at = at + 2 + 12 * len(entries) + 4
-    head, tail = [struct.pack(order + "H", len(entries))], []
-    for tag, field_type, count, value in entries:
-        if len(value) > 4:
-            head.append(struct.pack(order + "HHLL", tag, field_type, count, data_at))
-            padded = value + b"\0" * (len(value) & 1)
-            tail.append(padded)
-            data_at += len(padded)
-        else:
-            head.append(struct.pack(order + "HHL", tag, field_type, count) + value.ljust(4, b"\0"))
-    return b"".join([*head, struct.pack(order + "L", next_ifd), *tail])
-
-
-def tiff_block(sections: dict[str, list[Entry]], order: str = "<") -> bytes:
-    """A TIFF structure holding the given sections; pointer tags are appended to their parents."""
-    sections = {name: list(entries) for name, entries in sections.items()}
-    sections.setdefault("image", [])
-    if "interoperability" in sections:
-        sections.setdefault("exif", [])
-    names = [n for n in ("image", "exif", "gps", "interoperability", "thumbnail") if n in sections]
-    pointers = {"exif": ("image", 0x8769), "gps": ("image", 0x8825)}
-    pointers["interoperability"] = ("exif", 0xA005)
-    for child, (parent, tag) in pointers.items():
-        if child in sections:  # a placeholder of the final size, so the layout is known
-            sections[parent].append((tag, LONG, 1, b"\0" * 4))
-    offsets, at = {}, 8
-    for name in names:
-        offsets[name] = at
-        at += ifd_size(sections[name])
-    for child, (parent, tag) in pointers.items():
-        if child in sections:
-            index = next(i for i, e in enumerate(sections[parent]) if e[0] == tag)
-            sections[parent][index] = (tag, LONG, 1, struct.pack(order + "L", offsets[child]))
-    header = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "L", 8)
-    thumbnail_at = offsets.get("thumbnail", 0)
-    return header + b"".join(
-        encode_ifd(sections[n], offsets[n], order, thumbnail_at if n == "image" else 0)
-        for n in names
-    )
 
 
 def jpeg_with(*segments: tuple[int, bytes]) -> bytes:
@@ -441,7 +389,7 @@ def test_thumbnail_and_interoperability_sections() -> None:
     assert list(ours["exif"]) == ["ExifImageWidth", "InteropOffset"]
 
 
-def test_at_most_128_entries_per_directory() -> None:
+def test_at_most_128_entries_in_ifd0_ifd1_gps_and_interop() -> None:
     entries = [entry(0x0100, SHORT, [n]) for n in range(MAX_ENTRIES)]
     entries.append(entry(0x010F, ASCII, b"Z\0"))
     # node-exif looks for IFD1's pointer after entry 128, inside the directory: we read none.
@@ -450,6 +398,72 @@ def test_at_most_128_entries_per_directory() -> None:
     )
     assert ours["image"] == {"ImageWidth": MAX_ENTRIES - 1}  # repeated keys keep the last value
     assert ours["thumbnail"] == {}
+    gps = [entry(0x0000, BYTE, [n, 0, 0, 0]) for n in range(MAX_ENTRIES)]
+    gps.append(entry(0x0001, ASCII, b"N\0"))
+    assert read_exif(tiff_block({"gps": gps}), "tiff")["gps"] == {
+        "GPSVersionID": [MAX_ENTRIES - 1, 0, 0, 0]
+    }
+
+
+def test_the_exif_directory_is_read_past_128_entries() -> None:
+    # node-exif caps four directories at 128 entries, but reads every one of the Exif
+    # directory: ISO, ExifVersion and LensModel here come after the 128th.
+    filler = [entry(0xA002, LONG, [n]) for n in range(MAX_ENTRIES)]
+    late = [entry(0x8827, SHORT, [200]), entry(0x9000, UNDEFINED, b"0232")]
+    late.append(entry(0xA434, ASCII, b"EF50mm f/1.8\0"))
+    for data, image_format in ((exif_jpeg(tiff_block({"exif": filler + late})), "jpg"),):
+        ours = read_exif(data, image_format)["exif"]
+        assert (ours["ISO"], ours["ExifVersion"], ours["LensModel"]) == (
+            200,
+            "0232",
+            "EF50mm f/1.8",
+        )
+        assert ours["ExifImageWidth"] == MAX_ENTRIES - 1
+
+
+CAMERA_SECTIONS = {
+    "image": [entry(0x010F, ASCII, b"Canon\0"), entry(0x011A, RATIONAL, [(72, 1)])],
+    "exif": [entry(0x829A, RATIONAL, [(1, 160)]), entry(0x8827, SHORT, [400])],
+    "gps": [entry(0x0000, BYTE, [2, 2, 0, 0]), entry(0x0002, RATIONAL, [(1, 1)] * 3)],
+}
+CAMERA_EXIF = {"ExposureTime": 0.00625, "ISO": 400}
+
+
+def test_a_pointer_of_type_ifd_is_followed_as_exiftool_does(tmp_path: Path) -> None:
+    # TIFF 6 allows type IFD (13) for the pointer; exiftool reads the Exif directory behind it
+    block = tiff_block(CAMERA_SECTIONS, pointer_type=IFD)
+    assert read_exif(block, "tiff")["exif"] == CAMERA_EXIF
+    path = tmp_path / "ifd-pointer.tiff"
+    path.write_bytes(block)
+    compared, mismatches = _exiftool_agreement([path])
+    assert compared >= 6
+    assert not mismatches
+    # node-exif (JPEG, the reference) does not know the type: no pointer, no Exif section
+    assert read_exif(exif_jpeg(block), "jpg")["exif"] == {}
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_bigtiff_blocks_read_as_classic_tiff(order: str, tmp_path: Path) -> None:
+    sections = {
+        "image": [entry(0x010F, ASCII, b"Canon\0"), entry(0x0111, LONG8, [123456], order)],
+        "exif": [entry(0x829A, RATIONAL, [(1, 160)], order), entry(0x8827, SHORT, [400], order)],
+        "gps": [entry(0x0000, BYTE, [2, 2, 0, 0]), entry(0x0001, ASCII, b"N\0")],
+    }
+    ours = read_exif(tiff_block(sections, order, big=True, pointer_type=LONG8), "tiff")
+    assert ours["image"]["Make"] == "Canon"
+    assert ours["image"]["StripOffsets"] == 123456
+    assert ours["exif"] == CAMERA_EXIF
+    assert ours["gps"] == {"GPSVersionID": [2, 2, 0, 0], "GPSLatitudeRef": "N"}
+    # exiftool reads a BigTIFF's sub-directories as plain ones: their group is the pointer's
+    path = tmp_path / "big.tiff"
+    path.write_bytes(tiff_block(sections, order, big=True, pointer_type=LONG8))
+    report = json.loads(
+        subprocess.run(
+            [_exiftool_or_skip(), "-j", "-n", "-G1", str(path)], capture_output=True, check=True
+        ).stdout
+    )[0]
+    assert (report["IFD0:Make"], report["IFD0:StripOffsets"]) == ("Canon", 123456)
+    assert (report["ExifOffset:ExposureTime"], report["ExifOffset:ISO"]) == (0.00625, 400)
 
 
 @pytest.mark.parametrize(
@@ -494,27 +508,121 @@ def _raises_exif_error(data: bytes, image_format: str, message: str) -> None:
         read_exif(data, image_format)
 
 
-def test_bad_tiff_header_is_an_error() -> None:
+def test_an_unreadable_tiff_header_is_an_error() -> None:
     _raises_exif_error(exif_jpeg(b"XX*\0\x08\0\0\0"), "jpg", "byte order")
-    _raises_exif_error(exif_jpeg(b"II+\0\x08\0\0\0"), "jpg", "magic")
+    _raises_exif_error(exif_jpeg(b"II,\0\x08\0\0\0"), "jpg", "magic")
+    _raises_exif_error(b"II+\0\x08\0\0\0\x10\0", "tiff", "cut short")  # BigTIFF: 8-byte offset
+    _raises_exif_error(b"MM\0*\0\0", "tiff", "cut short")
 
 
-def test_offsets_outside_the_block_are_an_error() -> None:
-    far_value = bytearray(tiff_block({"image": [entry(0x010F, ASCII, b"A long make\0")]}))
-    struct.pack_into("<L", far_value, 8 + 2 + 8, 10_000)
-    _raises_exif_error(bytes(far_value), "tiff", "outside")
-    _raises_exif_error(b"II*\0" + struct.pack("<L", 1 << 31), "tiff", "outside")
-    huge_count = bytearray(SMALL_BLOCK)
-    struct.pack_into("<L", huge_count, 8 + 2 + 4, 0xFFFFFFFF)  # Make with 4G characters
-    _raises_exif_error(bytes(huge_count), "tiff", "outside")
+def _patched(block: bytes, tag: int, field: str, value: int, order: str = "<") -> bytes:
+    """``block`` with the count or the value/offset field of entry ``tag`` replaced."""
+    patched = bytearray(block)
+    position = block.index(struct.pack(order + "H", tag), 8)
+    struct.pack_into(order + "L", patched, position + (4 if field == "count" else 8), value)
+    return bytes(patched)
 
 
-def test_directory_loops_are_an_error() -> None:
-    exif_points_to_ifd0 = tiff_block({"image": [(0x8769, LONG, 1, struct.pack("<L", 8))]})
-    _raises_exif_error(exif_points_to_ifd0, "tiff", "loops")
+def _read_with_problems(
+    data: bytes, image_format: str = "tiff"
+) -> tuple[dict[str, Any], list[str]]:
+    problems: list[str] = []
+    return read_exif(data, image_format, problems), problems
+
+
+SECTIONS_BUT = {name: CAMERA_SECTIONS[name] for name in ("image", "exif", "gps")} | {
+    "interoperability": [entry(0x0001, ASCII, b"R98\0")]
+}
+
+
+def test_a_directory_outside_the_block_costs_only_its_section() -> None:
+    block = _patched(tiff_block(SECTIONS_BUT), 0x8825, "value", 60_000)  # GPSInfo
+    ours, problems = _read_with_problems(block)
+    assert ours["gps"] == {}
+    assert ours["exif"] == CAMERA_EXIF | {"InteropOffset": ours["exif"]["InteropOffset"]}
+    assert ours["interoperability"] == {"InteropIndex": "R98"}
+    assert ours["image"]["Make"] == "Canon"
+    assert problems == [f"GPS at offset 60000 lies outside the {len(block)}-byte block"]
+    ifd0_far_away = b"II*\0" + struct.pack("<L", 1 << 31)
+    assert _read_with_problems(ifd0_far_away)[0] == {name: {} for name in EXIF_SECTIONS}
+
+
+def test_a_directory_that_loops_back_is_cut_where_it_loops() -> None:
+    block = tiff_block(SECTIONS_BUT)
+    exif_at = read_exif(block, "tiff")["image"]["ExifOffset"]
+    interop_is_exif = _patched(block, 0xA005, "value", exif_at)
+    ours, problems = _read_with_problems(interop_is_exif)
+    assert ours["interoperability"] == {}
+    assert ours["exif"]["ISO"] == 400 and ours["gps"]["GPSVersionID"] == [2, 2, 0, 0]
+    assert problems == [f"Interop at offset {exif_at} loops back to a directory already read"]
+    exif_is_ifd0 = tiff_block({"image": [(0x8769, LONG, 1, struct.pack("<L", 8))]})
+    assert _read_with_problems(exif_is_ifd0)[1] == [
+        "Exif at offset 8 loops back to a directory already read"
+    ]
     ifd1_is_ifd0 = bytearray(SMALL_BLOCK)
     struct.pack_into("<L", ifd1_is_ifd0, 8 + 2 + 12, 8)
-    _raises_exif_error(bytes(ifd1_is_ifd0), "tiff", "loops")
+    ours, problems = _read_with_problems(bytes(ifd1_is_ifd0))
+    assert (ours["image"], ours["thumbnail"]) == ({"Make": "Canon"}, {})
+    assert problems == ["IFD1 at offset 8 loops back to a directory already read"]
+
+
+def test_a_value_outside_the_block_costs_only_its_entry() -> None:
+    block = tiff_block(
+        {"image": [entry(0x010F, ASCII, b"A long make\0"), entry(0x0110, ASCII, b"Model\0")]}
+    )
+    far_value = _patched(block, 0x010F, "value", 10_000)
+    ours, problems = _read_with_problems(far_value)
+    assert ours["image"] == {"Model": "Model"}
+    assert problems == [
+        f"IFD0 Make: its 12-byte value at offset 10000 lies outside the {len(block)}-byte block"
+    ]
+    huge_count = _patched(block, 0x010F, "count", 0xFFFFFFFF)  # a Make of 4G characters
+    ours, problems = _read_with_problems(huge_count)
+    assert ours["image"] == {"Model": "Model"}
+    assert problems[0].startswith("IFD0 Make: its 4294967295-byte value at offset 38 runs past")
+    truncated, problems = _read_with_problems(block[:-4])
+    assert truncated["image"] == {"Make": "A long make"}
+    assert problems == [
+        f"IFD0 Model: its 6-byte value at offset {len(block) - 6} runs past"
+        f" the end of the {len(block) - 4}-byte block"
+    ]
+
+
+def test_a_directory_cut_short_keeps_the_entries_inside_the_block() -> None:
+    block = tiff_block({"image": [entry(0x0112, SHORT, [6]), entry(0x0131, ASCII, b"Sw\0")]})
+    ours, problems = _read_with_problems(block[: 8 + 2 + 12 + 6])
+    assert ours["image"] == {"Orientation": 6}
+    assert problems == ["IFD0 at offset 8 has 2 entries, 1 of them inside the 28-byte block"]
+
+
+def test_a_makernote_outside_the_block_keeps_the_rest() -> None:
+    sections = SECTIONS_BUT | {
+        "exif": [*CAMERA_SECTIONS["exif"], entry(0x927C, UNDEFINED, b"Nikon" * 8)]
+    }
+    block = _patched(tiff_block(sections), 0x927C, "value", 60_000)
+    for data, image_format in ((block, "tiff"), (exif_jpeg(block), "jpg")):
+        ours, problems = _read_with_problems(data, image_format)
+        # as the reference: there is a maker note, in no format it can read
+        assert ours["makernote"] == {"error": UNSUPPORTED_MAKERNOTE}
+        assert ours["exif"] == CAMERA_EXIF | {"InteropOffset": ours["exif"]["InteropOffset"]}
+        assert ours["gps"]["GPSVersionID"] == [2, 2, 0, 0]
+        assert ours["interoperability"] == {"InteropIndex": "R98"}
+        assert problems[0].startswith("Exif MakerNote: its 40-byte value at offset 60000 lies")
+
+
+def test_extraction_keeps_the_readable_exif_and_warns_of_the_rest() -> None:
+    picture = Image.new("RGB", (40, 30), "teal")
+    out = io.BytesIO()
+    block = _patched(tiff_block(SECTIONS_BUT), 0x8825, "value", 60_000)
+    picture.save(out, "JPEG", exif=b"Exif\0\0" + block)
+    result = extract(out.getvalue())
+    assert result.metadata["exif"]["exif"]["ISO"] == 400
+    assert result.metadata["exif"]["gps"] == {}
+    # a JPEG's block is read to the end of the file, as node-exif reads it
+    assert len(result.warnings) == 1
+    assert re.fullmatch(
+        r"exif: GPS at offset 60000 lies outside the \d+-byte block", result.warnings[0]
+    )
 
 
 def _camera_like_block() -> bytes:

@@ -279,6 +279,8 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 def test_image_signatures() -> None:
     assert image_signature(JPEG[:16]) == "jpg"
     assert image_signature(TIFF[:16]) == "tiff"
+    assert image_signature(b"II+\0\x08\0\0\0\x10\0\0\0\0\0\0\0") == "tiff"  # BigTIFF
+    assert image_signature(b"MM\0+\0\x08\0\0\0\0\0\0\0\0\0\x10") == "tiff"
     assert image_signature(b"\x89PNG\r\n\x1a\n" + b"\0" * 8) == "png"
     assert image_signature(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert image_signature(b"\0\0\0\x1cftypavif\0\0") == "avif"

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pyvips
 
@@ -22,6 +23,7 @@ from crawler.errors import (
 from crawler.extract import extract
 from crawler.extract.image import ImageHeader, read_header
 from tests.conftest import CORPUS, EXPECTED, FIXTURES, require_shared
+from tests.tiff_builder import ASCII, BYTE, RATIONAL, SHORT, entry, tiff_image
 
 IMAGES = FIXTURES / "images"
 PIXEL_LIMIT = 268_402_689
@@ -114,6 +116,60 @@ def test_density_in_dots_per_centimetre_becomes_dpi() -> None:
     # the file says 118 dots per cm: 299.72 dpi, which sharp rounds to 300
     header = read_header((IMAGES / "orientation-6-dpcm.jpg").read_bytes(), pixel_limit=PIXEL_LIMIT)
     assert (header.density, header.orientation) == (300, 6)
+
+
+def test_density_beyond_sharps_32_bit_integer_is_null() -> None:
+    # 4294967295 dots per cm is 10909216929 dpi: sharp's int cannot hold it and gives null
+    resolution = [(4294967295, 1)]
+    data = tiff_image(
+        bytes(64 * 48 * 3),
+        64,
+        48,
+        image_entries=(
+            entry(0x011A, RATIONAL, resolution),
+            entry(0x011B, RATIONAL, resolution),
+            entry(0x0128, SHORT, [3]),
+        ),
+    )
+    assert read_header(data, pixel_limit=PIXEL_LIMIT).density is None
+
+
+# The oracle's (sharp's) pHash of these pixels, as a classic TIFF and as a BigTIFF.
+GRADIENT = (np.arange(64 * 48 * 3) % 251).astype(np.uint8).tobytes()
+GRADIENT_PHASH = "aaff53455207adfd"
+CAMERA_EXIF = {
+    "exif": [entry(0x829A, RATIONAL, [(1, 160)]), entry(0x8827, SHORT, [400])],
+    "gps": [entry(0x0000, BYTE, [2, 2, 0, 0]), entry(0x0001, ASCII, b"N\0")],
+}
+
+
+def bigtiff() -> bytes:
+    return tiff_image(
+        GRADIENT,
+        64,
+        48,
+        big=True,
+        image_entries=(entry(0x010F, ASCII, b"Canon\0"),),
+        sections=CAMERA_EXIF,
+    )
+
+
+def test_bigtiff_gives_the_object_of_the_same_classic_tiff() -> None:
+    classic = tiff_image(
+        GRADIENT, 64, 48, image_entries=(entry(0x010F, ASCII, b"Canon\0"),), sections=CAMERA_EXIF
+    )
+    big, small = extract(bigtiff()).metadata, extract(classic).metadata
+    assert (big["format"], big["width"], big["height"], big["pHash"]) == (
+        "tiff",
+        64,
+        48,
+        GRADIENT_PHASH,
+    )
+    assert small["pHash"] == GRADIENT_PHASH
+    for section in ("exif", "gps", "thumbnail", "interoperability", "makernote"):
+        assert big["exif"][section] == small["exif"][section]
+    assert big["exif"]["exif"] == {"ExposureTime": 0.00625, "ISO": 400}
+    assert big["exif"]["image"]["Make"] == "Canon"
 
 
 def test_header_of_a_truncated_jpeg_is_still_read() -> None:

@@ -21,17 +21,19 @@ def extract(
 
     ``source`` (a path or URL) only names the image in error messages. Raises an
     ``ImageError`` subclass when the bytes are not a readable image; broken EXIF does not
-    raise: ``exif`` is then ``{}`` and the problem is in ``warnings``.
+    raise: what can be read of it is kept, and each problem is in ``warnings`` (``exif`` is
+    ``{}`` where even its header is unreadable).
     """
     settings = settings or ExtractSettings()
     where = f" ({source})" if source else ""
     header = image.read_header(data, pixel_limit=settings.pixel_limit, where=where)
-    warnings: list[str] = []
+    exif_problems: list[str] = []
     try:
-        exif_sections = exif.read_exif(data, header.format)
+        exif_sections = exif.read_exif(data, header.format, exif_problems)
     except ExifError as exc:
         exif_sections = {}
-        warnings.append(f"exif: {exc}")
+        exif_problems.append(str(exc))
+    warnings = [f"exif: {problem}" for problem in exif_problems]
     hash_value = phash.compute(data, header, settings.hash_algorithm, where=where)
     metadata = {
         "height": header.height,

@@ -6,8 +6,12 @@ IFD0, IFD1, the Exif, GPS and interoperability directories, node-exif's tag tabl
 rules. TIFF, HEIF/AVIF, WebP and PNG carry the same TIFF-structured block in another wrapper;
 it is found there and read by the same rules.
 
-Unlike node-exif, every read is bounds-checked: a block that points outside the data, loops
-back to a directory already read, or has a bad header raises ``ExifError``.
+Unlike node-exif, every read is bounds-checked. As the reference does, a broken block costs only
+what is broken: an entry whose value lies outside the block, or a directory that does, is
+left out, a directory that points back to one already read is not read again, and each such
+problem is reported as a warning; every other entry and section is kept. Only a TIFF header
+that cannot be read (or a container whose EXIF cannot be found) raises ``ExifError``.
+BigTIFF (8-byte offsets) is read too, as exiftool reads it.
 """
 
 import struct
@@ -19,11 +23,16 @@ from crawler.errors import ExifError
 from crawler.extract.exif_tags import EXIF_TAGS, GPS_TAGS
 
 SECTIONS = ("image", "thumbnail", "exif", "gps", "interoperability", "makernote")
-MAX_ENTRIES = 128  # node-exif reads at most this many entries of a directory
+# node-exif reads at most this many entries of IFD0, IFD1, GPS and Interop; every entry of
+# the Exif directory.
+MAX_ENTRIES = 128
+# More entries than a classic TIFF directory can count are not read (a BigTIFF count is 64
+# bits: without a bound, a hostile file would keep the reader busy for minutes).
+MOST_ENTRIES = 0xFFFF
 EXIF_HEADER = b"Exif\x00\x00"
 
 _PADDING_TAG = 0xEA1C
-_ENTRY_SIZE = 12
+_MAKERNOTE_TAG = 0x927C
 # EXIF field type -> (bytes per component, struct code); None: read as raw bytes.
 _FIELD_TYPES: dict[int, tuple[int, str | None]] = {
     1: (1, "B"),  # BYTE
@@ -37,6 +46,14 @@ _FIELD_TYPES: dict[int, tuple[int, str | None]] = {
     9: (4, "l"),  # SLONG
     10: (8, "l"),  # SRATIONAL: two SLONGs
 }
+# Beyond node-exif's table: BigTIFF's 64-bit integers and offsets, as exiftool reads them.
+_BIGTIFF_FIELD_TYPES: dict[int, tuple[int, str | None]] = {16: (8, "Q"), 17: (8, "q"), 18: (8, "Q")}
+# A value of type IFD (13), such as a pointer to the Exif directory, is a LONG; node-exif
+# (JPEG) does not know the type and leaves such entries out.
+_IFD_FIELD_TYPE: dict[int, tuple[int, str | None]] = {13: (4, "L")}
+# Directories read beyond node-exif's 128 entries, and the one whose walk ends at an unknown tag.
+_ENTRY_CAPS = {"Exif": MOST_ENTRIES}
+_STOPS_AT_UNKNOWN_TAG = "Interop"
 _ASCII, _UNDEFINED = 2, 7
 _RATIONALS = frozenset({5, 10})
 # Makernote headers for which node-exif runs a vendor parser that, through a bug of its own
@@ -60,17 +77,21 @@ _MAX_RAW_PROFILE_TEXT = 1 << 22  # the hex text of a 64 KiB APP1 is ~130 KiB; th
 Block = tuple[memoryview, int]  # the bytes holding the TIFF structure, where its header starts
 
 
-def read_exif(data: bytes, image_format: str) -> dict[str, Any]:
+def read_exif(data: bytes, image_format: str, warnings: list[str] | None = None) -> dict[str, Any]:
     """The six EXIF sections of an image, or ``{}`` when it carries no EXIF.
 
     ``image_format`` is the metadata ``format`` ('jpg', 'png', 'webp', 'tiff', 'heif', ...).
-    Raises ``ExifError`` when there is an EXIF block but it is broken.
+    What was broken and left out is appended to ``warnings``, one line each. Raises
+    ``ExifError`` when there is an EXIF block but its header cannot be read.
     """
     locate = _LOCATORS.get(image_format)
     block = locate(memoryview(data)) if locate else None
     if block is None:
         return {}
-    sections = _TiffReader(*block).read_sections()
+    reader = _TiffReader(*block, node_exif=image_format == "jpg")
+    sections = reader.read_sections()
+    if warnings is not None:
+        warnings.extend(reader.problems)
     if "MakerNote" in sections["exif"]:
         sections["makernote"] = _makernote_section(sections["exif"]["MakerNote"])
     return {name: _imagekit_clean(entries) for name, entries in sections.items()}
@@ -295,30 +316,56 @@ _LOCATORS: dict[str, Callable[[memoryview], Block | None]] = {
 # --- Reading the TIFF structure ----------------------------------------------------------------
 
 
-class _TiffReader:
-    """node-exif's walk over IFD0, IFD1 and the Exif, GPS and interoperability directories."""
+class _OutsideTheBlock(Exception):
+    """A read that would go past the end of the EXIF block."""
 
-    def __init__(self, data: memoryview, tiff_start: int) -> None:
+
+class _TiffReader:
+    """node-exif's walk over IFD0, IFD1 and the Exif, GPS and interoperability directories,
+    keeping what can be read; ``problems`` says what was left out.
+
+    ``node_exif``: read the value types node-exif reads (JPEG, the reference's format);
+    else pointers of type IFD too, as exiftool does.
+    """
+
+    def __init__(self, data: memoryview, tiff_start: int, node_exif: bool = True) -> None:
         self.data = data
         self.tiff_start = tiff_start
         self.visited: set[int] = set()
+        self.problems: list[str] = []
         order = bytes(data[tiff_start : tiff_start + 2])
         if order not in (b"II", b"MM"):
             raise ExifError(f"bad TIFF header: byte order {order!r}, expected b'II' or b'MM'")
         self.endian = "<" if order == b"II" else ">"
         self.u16 = struct.Struct(self.endian + "H")
-        self.u32 = struct.Struct(self.endian + "L")
-        self.entry = struct.Struct(self.endian + "HHL")
-        if self._unpack(self.u16, tiff_start + 2) != 42:
-            raise ExifError("bad TIFF header: magic number is not 42")
+        magic = self._header_number(self.u16, tiff_start + 2)
+        self.big = magic == 43
+        if magic not in (42, 43) or (
+            self.big
+            and data[tiff_start + 4 : tiff_start + 8]
+            != (b"\x08\x00\x00\x00" if self.endian == "<" else b"\x00\x08\x00\x00")
+        ):
+            raise ExifError("bad TIFF header: magic number is not 42 (TIFF) or 43 (BigTIFF)")
+        # BigTIFF: 8-byte counts and offsets, 20-byte entries with 8 bytes for the value.
+        self.offset = struct.Struct(self.endian + ("Q" if self.big else "L"))
+        self.count = struct.Struct(self.endian + ("Q" if self.big else "H"))
+        self.entry = struct.Struct(self.endian + ("HHQ" if self.big else "HHL"))
+        self.entry_size = self.entry.size + self.offset.size
+        self.field_types = dict(_FIELD_TYPES)
+        if not node_exif:
+            self.field_types |= _IFD_FIELD_TYPE
+        if self.big:
+            self.field_types |= _BIGTIFF_FIELD_TYPES
+        self.ifd0 = tiff_start + self._header_number(
+            self.offset, tiff_start + (8 if self.big else 4)
+        )
 
     def read_sections(self) -> dict[str, dict[str, Any]]:
         sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-        ifd0 = self.tiff_start + self._unpack(self.u32, self.tiff_start + 4)
-        next_pointer = self._read_ifd(ifd0, EXIF_TAGS, sections["image"])
-        next_ifd = self._unpack(self.u32, next_pointer) if next_pointer is not None else 0
+        next_pointer = self._read_ifd(self.ifd0, "IFD0", EXIF_TAGS, sections["image"])
+        next_ifd = self._next_ifd(next_pointer) if next_pointer is not None else 0
         if next_ifd:
-            self._read_ifd(self.tiff_start + next_ifd, EXIF_TAGS, sections["thumbnail"])
+            self._read_ifd(self.tiff_start + next_ifd, "IFD1", EXIF_TAGS, sections["thumbnail"])
         pointers = (
             ("image", "ExifOffset", "exif", EXIF_TAGS),
             ("image", "GPSInfo", "gps", GPS_TAGS),
@@ -328,9 +375,24 @@ class _TiffReader:
             pointer = sections[parent].get(pointer_tag)
             # node-exif follows a pointer only when it is a truthy number.
             if isinstance(pointer, int) and pointer > 0:
-                stop = section == "interoperability"
-                self._read_ifd(self.tiff_start + pointer, tags, sections[section], stop)
+                name = _DIRECTORY_NAMES[section]
+                self._read_ifd(self.tiff_start + pointer, name, tags, sections[section])
         return sections
+
+    def _header_number(self, layout: struct.Struct, offset: int) -> int:
+        try:
+            return self._unpack(layout, offset)
+        except _OutsideTheBlock:
+            raise ExifError(f"TIFF header is cut short: {self._block_size()}-byte block") from None
+
+    def _next_ifd(self, pointer_at: int) -> int:
+        try:
+            return self._unpack(self.offset, pointer_at)
+        except _OutsideTheBlock:
+            self.problems.append(
+                f"IFD0's pointer to IFD1 lies outside the {self._block_size()}-byte block"
+            )
+            return 0
 
     def _unpack(self, layout: struct.Struct, offset: int) -> int:
         self._check_range(offset, layout.size)
@@ -338,43 +400,72 @@ class _TiffReader:
 
     def _check_range(self, offset: int, size: int) -> None:
         if offset + size > len(self.data):
-            raise ExifError(
-                f"EXIF offset {offset - self.tiff_start} (+{size} bytes) lies outside the "
-                f"{len(self.data) - self.tiff_start}-byte block"
-            )
+            raise _OutsideTheBlock()
+
+    def _block_size(self) -> int:
+        return len(self.data) - self.tiff_start
 
     def _read_ifd(
-        self, offset: int, tags: dict[int, str], into: dict[str, Any], stop_at_unknown: bool = False
+        self, offset: int, name: str, tags: dict[int, str], into: dict[str, Any]
     ) -> int | None:
-        """Read one directory's entries into ``into``; returns where its next-IFD pointer is."""
+        """Read one directory's entries into ``into``; returns where its next-IFD pointer is
+        (None where it has none we read)."""
+        where = f"{name} at offset {offset - self.tiff_start}"
         if offset in self.visited:
-            raise ExifError(f"EXIF directory at offset {offset - self.tiff_start} loops back")
+            self.problems.append(f"{where} loops back to a directory already read")
+            return None
         self.visited.add(offset)
-        stored_count = self._unpack(self.u16, offset)
-        count = min(stored_count, MAX_ENTRIES)
-        entries_start = offset + 2
-        self._check_range(entries_start, count * _ENTRY_SIZE)
-        for entry_offset in range(entries_start, entries_start + count * _ENTRY_SIZE, _ENTRY_SIZE):
+        try:
+            stored_count = self._unpack(self.count, offset)
+        except _OutsideTheBlock:
+            self.problems.append(f"{where} lies outside the {self._block_size()}-byte block")
+            return None
+        cap = _ENTRY_CAPS.get(name, MAX_ENTRIES)
+        count = min(stored_count, cap)
+        # Past node-exif's cap it takes entry 129 for the next-IFD pointer; we take none.
+        has_next = stored_count <= MAX_ENTRIES
+        if stored_count > cap and cap != MAX_ENTRIES:
+            self.problems.append(f"{where} has {stored_count} entries; the first {cap} read")
+        entries_start = offset + self.count.size
+        inside = max(0, (len(self.data) - entries_start) // self.entry_size)
+        if count > inside:
+            self.problems.append(
+                f"{where} has {stored_count} entries, {inside} of them inside the"
+                f" {self._block_size()}-byte block"
+            )
+            count, has_next = inside, False
+        entries_end = entries_start + count * self.entry_size
+        for entry_offset in range(entries_start, entries_end, self.entry_size):
             tag, field_type, components = self.entry.unpack_from(self.data, entry_offset)
-            name = tags.get(tag)
-            if name is None or field_type not in _FIELD_TYPES:
-                if stop_at_unknown:
+            tag_name = tags.get(tag)
+            if tag_name is None or field_type not in self.field_types:
+                if name == _STOPS_AT_UNKNOWN_TAG:
                     break
                 continue
-            if tag != _PADDING_TAG:
-                into[name] = self._value(field_type, components, entry_offset + 8)
-        # Past the cap node-exif takes entry 129 for the next-IFD pointer; we take none.
-        return entries_start + count * _ENTRY_SIZE if stored_count <= MAX_ENTRIES else None
+            if tag == _PADDING_TAG:
+                continue
+            try:
+                into[tag_name] = self._value(field_type, components, entry_offset + self.entry.size)
+            except _OutsideTheBlock as outside:
+                self.problems.append(f"{name} {tag_name}: {outside}")
+                if tag == _MAKERNOTE_TAG:
+                    into[tag_name] = b""  # as in node-exif: a maker note, but none to read
+        return entries_end if has_next else None
 
     def _value(self, field_type: int, components: int, field_offset: int) -> Any:
-        unit, code = _FIELD_TYPES[field_type]
+        unit, code = self.field_types[field_type]
         size = unit * components
         start = field_offset
-        if size > 4 or field_type in _RATIONALS:
-            start = self.tiff_start + self._unpack(self.u32, field_offset)
+        if size > self.offset.size or (field_type in _RATIONALS and not self.big):
+            start = self.tiff_start + self._unpack(self.offset, field_offset)
         if components == 0:
             return "" if field_type == _ASCII else b"" if field_type == _UNDEFINED else []
-        self._check_range(start, size)
+        if start + size > len(self.data):
+            end = "runs past the end of" if start < len(self.data) else "lies outside"
+            raise _OutsideTheBlock(
+                f"its {size}-byte value at offset {start - self.tiff_start} {end} the"
+                f" {self._block_size()}-byte block"
+            )
         if field_type == _UNDEFINED:
             return bytes(self.data[start : start + size])
         if field_type == _ASCII:
@@ -384,6 +475,9 @@ class _TiffReader:
         numbers = struct.unpack_from(f"{self.endian}{count}{code}", self.data, start)
         values = _ratios(numbers) if field_type in _RATIONALS else list(numbers)
         return values[0] if len(values) == 1 else values
+
+
+_DIRECTORY_NAMES = {"exif": "Exif", "gps": "GPS", "interoperability": "Interop"}
 
 
 def _ratios(numbers: tuple[int, ...]) -> list[float | int | None]:

@@ -23,6 +23,7 @@ import pyvips
 from PIL import Image, UnidentifiedImageError
 
 from crawler.errors import DecodeError, NotAnImageError, PixelLimitError, UnsupportedFormatError
+from crawler.signatures import AVIF_BRANDS, SIGNATURE_SIZE, image_signature
 
 # Extraction runs in long-lived worker processes: libvips must not keep decoded images,
 # operations or open files around between calls.
@@ -75,16 +76,6 @@ if logging.getLogger("pyvips").level == logging.NOTSET:
 
 VIPS_FORMATS: Final = frozenset({"jpg", "png", "gif", "webp", "tiff", "heif", "avif"})
 
-_SIGNATURES: Final = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),  # BigTIFF
-    (b"MM\x00+", "tiff"),
-)
 _UNSUPPORTED_SIGNATURES: Final = (
     (b"\x00\x00\x01\x00", "ICO"),
     (b"\x00\x00\x02\x00", "CUR"),
@@ -100,7 +91,6 @@ _UNSUPPORTED_SIGNATURES: Final = (
     (b"DDS ", "DDS"),
     (b"#?RADIANCE", "Radiance HDR"),
 )
-_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS: Final = frozenset(
     {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
@@ -120,6 +110,7 @@ _ORIENTATION_TRANSPOSE: Final = {
     8: Image.Transpose.ROTATE_90,
 }
 _MM_PER_INCH: Final = 25.4
+_INT32_MAX: Final = 2**31 - 1
 # Pillow modes whose JPEG pixels libjpeg produces exactly as libvips' loader does (CMYK and
 # YCCK are inverted and converted by libvips itself).
 _LIBVIPS_IDENTICAL_JPEG_MODES: Final = frozenset({"RGB", "L"})
@@ -165,15 +156,14 @@ def sniff_format(data: bytes, where: str = "") -> str:
     """Our format name ('jpg', 'png', ...) for ``data``, from its first bytes alone."""
     if not data:
         raise NotAnImageError(f"not an image: the data is empty{where}")
-    for signature, image_format in _SIGNATURES:
-        if data.startswith(signature):
-            return image_format
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_INFO_HEADER_SIZES:
-        return "bmp"
-    if data[4:8] == b"ftyp":
+    image_format = image_signature(data[:SIGNATURE_SIZE])
+    if image_format in ("heif", "avif"):
         return _iso_media_format(data, where)
+    if image_format == "bmp":
+        if int.from_bytes(data[14:18], "little") in _BMP_INFO_HEADER_SIZES:
+            return image_format
+    elif image_format is not None:
+        return image_format
     for signature, name in _UNSUPPORTED_SIGNATURES:
         if data.startswith(signature):
             raise UnsupportedFormatError(f"unsupported image format: {name}{where}")
@@ -390,10 +380,13 @@ def _read_bmp_header(data: bytes, where: str) -> ImageHeader:
 
 
 def _density_dpi(pixels_per_mm: float) -> int | None:
-    """sharp's density: dpi rounded half away from zero, only above 1 pixel per mm."""
+    """sharp's density: dpi rounded half away from zero, only above 1 pixel per mm, and
+    only what its 32-bit integer holds (beyond, the conversion gives a negative number,
+    which sharp leaves out)."""
     if pixels_per_mm <= 1.0:
         return None
-    return math.floor(pixels_per_mm * _MM_PER_INCH + 0.5)
+    dpi = math.floor(pixels_per_mm * _MM_PER_INCH + 0.5)
+    return dpi if dpi <= _INT32_MAX else None
 
 
 def _orientation(image: pyvips.Image) -> int:
@@ -413,11 +406,11 @@ def _iso_media_format(data: bytes, where: str) -> str:
     box_size = int.from_bytes(data[:4], "big")
     major_brand = data[8:12]
     compatible = {data[i : i + 4] for i in range(16, min(box_size, len(data), 4096) - 3, 4)}
-    if major_brand in _AVIF_BRANDS:
+    if major_brand in AVIF_BRANDS:
         return "avif"
     if major_brand in _HEIF_BRANDS - {b"mif1", b"msf1"}:
         return "heif"
-    if compatible & _AVIF_BRANDS:
+    if compatible & AVIF_BRANDS:
         return "avif"
     if ({major_brand} | compatible) & _HEIF_BRANDS:
         return "heif"
