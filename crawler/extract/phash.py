@@ -204,7 +204,8 @@ def _numpy_grey(reduced: ReducedImage) -> np.ndarray | None:
         return resample.srgb_to_grey(icc.to_srgb(pixels, profile) if profile else pixels)
     # A palette image: the grey of each colour of the palette, looked up.
     palette = np.array(reduced.getpalette("RGB"), dtype=np.uint8).reshape(1, -1, 3)
-    return resample.srgb_to_grey(icc.to_srgb(palette, profile) if profile else palette)[0][pixels]
+    grey = resample.srgb_to_grey(icc.to_srgb(palette, profile) if profile else palette)
+    return np.take(grey[0], pixels)
 
 
 def _profile(reduced: ReducedImage) -> bytes | None:
