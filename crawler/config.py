@@ -67,6 +67,7 @@ class CrawlSettings:
 class ExtractSettings:
     pixel_limit: int = 268_402_689  # libvips' and sharp's default: 0x3FFF * 0x3FFF
     hash_algorithm: str = DEFAULT_HASH_ALGORITHM
+    memory_limit: int = 1 << 30  # bytes one image's decode may take; each process's cap
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def _validate(settings: Settings) -> None:
         "crawl.timeouts.total": settings.crawl.timeouts.total,
         "crawl.retries.attempts": settings.crawl.retries.attempts,
         "extract.pixel_limit": settings.extract.pixel_limit,
+        "extract.memory_limit": settings.extract.memory_limit,
         "serve.max_upstream_fetches": settings.serve.max_upstream_fetches,
         "serve.rate_limit_per_minute": settings.serve.rate_limit_per_minute,
     }

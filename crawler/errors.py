@@ -49,6 +49,17 @@ class PixelLimitError(ImageError):
     reason = "too_many_pixels"
 
 
+class MemoryLimitError(ImageError):
+    """Decoding the image would need more memory than ``extract.memory_limit``."""
+
+    status = 413
+    reason = "too_much_memory"
+
+
+class MemoryExhaustedError(MemoryLimitError):
+    """Decoding ran out of memory: in an extraction process, its hard cap stopped it."""
+
+
 class ExifError(CrawlerError):
     """The EXIF block is broken; the rest of the metadata object is still valid."""
 

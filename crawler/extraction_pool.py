@@ -15,6 +15,12 @@ another process, and a new process takes its place. An image that takes longer t
 pool's time limit (a decoder stuck in a loop, a small file claiming a huge picture) fails
 with ``ExtractionTimedOut``: its process is killed and replaced the same way.
 
+Each process may hold at most ``extract.memory_limit`` bytes more than it holds when ready
+(``RLIMIT_DATA``: its heap and private mappings). Extraction refuses images whose decode it
+estimates above that limit; where an estimate is wrong, the cap stops the decoder, the
+image fails with ``too_much_memory`` and the process is replaced (the heap the failed
+allocation grew stays mapped).
+
 Kept apart from the engine so that the processes import only the extraction code, not
 aiohttp, SQLAlchemy and Alembic: a new process is ready in a fraction of a second. Light
 itself: the fork server imports the extraction code (numpy, libvips, Pillow), so a caller
@@ -31,6 +37,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -41,7 +48,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Self
 
 from crawler.config import ExtractSettings
-from crawler.errors import CrawlerError
+from crawler.errors import CrawlerError, MemoryExhaustedError
 from crawler.metadata import Extraction
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ REQUESTS_PER_PROCESS = 2  # the image being extracted and the next one
 BODY_FILE_STEP = 1024 * 1024  # memory files grow and shrink by whole steps
 BODY_FILE_KEPT = 8 * BODY_FILE_STEP  # a bigger file shrinks again after its body
 _LENGTH = struct.Struct("!I")  # prefix of every request and reply
+_EXIT_MEMORY_EXHAUSTED = 3  # a process that ran out of memory exits to be replaced
 
 Outcome = dict[str, Any]
 
@@ -117,6 +125,11 @@ class ExtractionPool:
         await self._start(self._size)
         return self
 
+    @property
+    def process_ids(self) -> list[int]:
+        """The ids of the extraction processes now running (for watching their memory)."""
+        return [process.process.pid for process in self._processes if process.process.pid]
+
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
         while self._processes:  # again if one was being replaced meanwhile
@@ -150,7 +163,7 @@ class ExtractionPool:
 
     async def _free_slot(self) -> tuple["_Process", int]:
         process, slot = await self._free_slots.get()
-        while not process.alive:  # a slot of a process that died since
+        while not process.alive or process.retiring:  # a process that died, or exits
             if self._broken:
                 self._free_slots.put_nowait((process, slot))  # for the next caller too
                 raise ExtractionProcessDied()
@@ -180,13 +193,17 @@ class ExtractionPool:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 slot = await process.read_reply()
-                self._free_slots.put_nowait((process, slot))
+                if not process.retiring:
+                    self._free_slots.put_nowait((process, slot))
         if self._closing:
             return
         process.close()
         self._processes.pop(process, None)
         await asyncio.to_thread(_join, [process.process])
-        log.error("an extraction process died (exit code %s)", process.process.exitcode)
+        if process.process.exitcode == _EXIT_MEMORY_EXHAUSTED:
+            log.warning("an extraction process ran out of memory; replacing it")
+        else:
+            log.error("an extraction process died (exit code %s)", process.process.exitcode)
         try:
             await self._start(1)
         except Exception:
@@ -212,6 +229,7 @@ class _Process:
     ) -> None:
         self.process = process
         self.alive = True
+        self.retiring = False  # it ran out of memory and exits: it takes no more requests
         self._reader = reader
         self._writer = writer
         self._bodies = bodies
@@ -237,16 +255,20 @@ class _Process:
         self._stop_clock()
         if self._requests:  # the process goes on to the next one
             self._start_clock()
+        result = pickle.loads(reply)
+        self.retiring = self.retiring or bool(result.get("exhausted"))
         if not outcome.done():  # else abandoned by a stopped crawl, or timed out
-            outcome.set_result(pickle.loads(reply))
+            outcome.set_result(result)
         return slot
 
     def fail_requests(self) -> None:
-        """After the process died: the image it was on failed, the others never began."""
+        """After the process died: the image it was on failed, the others never began (nor
+        did any, when it exited to be replaced)."""
         self._stop_clock()
         for position, (_, _, outcome) in enumerate(self._requests):
             if not outcome.done():
-                outcome.set_exception(ExtractionProcessDied() if position == 0 else _NotStarted())
+                died_on_it = position == 0 and not self.retiring
+                outcome.set_exception(ExtractionProcessDied() if died_on_it else _NotStarted())
         self._requests.clear()
 
     def _start_clock(self) -> None:
@@ -341,11 +363,30 @@ def _serve(connection: socket.socket, settings: ExtractSettings) -> None:
     with connection, contextlib.suppress(ConnectionError):
         _, files, _, _ = socket.recv_fds(connection, 1, REQUESTS_PER_PROCESS)
         bodies = [_BodyReader(file) for file in files]
+        cap_memory(settings.memory_limit)
         while (request := _receive(connection)) is not None:
             slot, size, url = pickle.loads(request)
-            outcome = extract_in_worker(bodies[slot].read(size), url, settings)
+            try:
+                outcome = extract_in_worker(bodies[slot].read(size), url, settings)
+            except MemoryError:  # not even the body fits under the cap
+                outcome = _failure(MemoryExhaustedError(f"{url}: ran out of memory reading it"))
             reply = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
             connection.sendall(_LENGTH.pack(len(reply)) + reply)
+            if outcome.get("exhausted"):
+                sys.exit(_EXIT_MEMORY_EXHAUSTED)
+
+
+def cap_memory(limit: int) -> None:
+    """Let this process hold at most ``limit`` bytes more than it holds now (its heap and
+    private mappings, what RLIMIT_DATA counts: not the shared body files)."""
+    cap = _held_bytes() + limit
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+
+def _held_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmData:"))
+    return int(line.split()[1]) * 1024
 
 
 class _BodyReader:
@@ -362,6 +403,18 @@ class _BodyReader:
                 self._mapping.close()
             self._mapping = mmap.mmap(self._file, os.fstat(self._file).st_size, prot=mmap.PROT_READ)
         return self._mapping[:size]
+
+
+def _failure(exc: CrawlerError, sha256: str | None = None) -> Outcome:
+    """The outcome of an image extraction refused: its reason, message and HTTP status;
+    ``exhausted`` where this process ran out of memory and must be replaced."""
+    return {
+        "sha256": sha256,
+        "reason": exc.reason,
+        "error": str(exc),
+        "status": exc.status,
+        "exhausted": isinstance(exc, MemoryExhaustedError),
+    }
 
 
 def _receive(connection: socket.socket) -> bytes | None:
@@ -389,7 +442,7 @@ def extract_in_worker(data: bytes, url: str, settings: ExtractSettings) -> Outco
     try:
         extraction = extract(data, url, settings)
     except CrawlerError as exc:
-        return outcome | {"reason": exc.reason, "error": str(exc), "status": exc.status}
+        return _failure(exc, outcome["sha256"])
     except Exception as exc:  # a decoder bug must fail one URL, not the crawl
         log.exception("extraction of %s crashed", url)
         error = f"{type(exc).__name__}: {exc}"

@@ -65,7 +65,8 @@ HELP = {
     401: "Send your private API key as the HTTP Basic user name, with an empty password.",
     404: "Check the image id (`crawler export` lists them) or the path (see /openapi.json).",
     405: "Every endpoint of this API answers GET only.",
-    413: "The image is larger than crawl.max_size bytes or extract.pixel_limit pixels.",
+    413: "The image is larger than crawl.max_size bytes or extract.pixel_limit pixels, or "
+    "needs more than extract.memory_limit bytes to decode.",
     415: "The URL must point to a JPEG, PNG, GIF, WebP, TIFF, HEIF, AVIF or BMP image.",
     422: "The image's bytes could not be decoded; open the URL in an image viewer to check it.",
     429: "Too many requests for this key: wait Retry-After seconds (serve.rate_limit_per_minute).",

@@ -638,7 +638,11 @@ def _camera_like_block() -> bytes:
     )
 
 
-HOSTILE_CASES = [("tiff", _camera_like_block()), ("jpg", exif_jpeg(_camera_like_block()))]
+HOSTILE_CASES = [
+    ("tiff", _camera_like_block()),
+    ("jpg", exif_jpeg(_camera_like_block())),
+    ("tiff", tiff_block(CAMERA_SECTIONS, big=True)),
+]
 
 
 @settings(max_examples=300, deadline=None)

@@ -19,6 +19,7 @@ from crawler.extract.image import decode_jpeg_as_libvips, load_vips, read_header
 from crawler.extract.phash import compute
 from crawler.hashes import distance, hex_to_signed, parse_hex, similarity, to_hex, to_signed
 from tests.conftest import CORPUS, EXPECTED, require_shared
+from tests.hostile_images import BYTE_CHANGES, damaged
 from tests.test_image import FIXTURE_REFERENCES, IMAGES, PIXEL_LIMIT, load_references
 
 BROKEN_GLOBS = (
@@ -131,20 +132,13 @@ SMALL_FIXTURES = ("grey.jpg", "alpha.png", "palette.gif", "photo.webp", "photo.h
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    name=st.sampled_from(SMALL_FIXTURES),
-    damage=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
-    keep=st.floats(0.0, 1.0),
-)
+@given(name=st.sampled_from(SMALL_FIXTURES), damage=BYTE_CHANGES, keep=st.floats(0.0, 1.0))
 def test_damaged_files_give_a_hash_or_a_typed_error(
     name: str, damage: list[tuple[int, int]], keep: float
 ) -> None:
-    data = bytearray((IMAGES / name).read_bytes())
-    for position, value in damage:
-        data[position % len(data)] = value
-    damaged = bytes(data[: max(1, int(len(data) * keep))])
+    data = damaged((IMAGES / name).read_bytes(), damage, keep)
     try:
-        value = compute(damaged, read_header(damaged, pixel_limit=PIXEL_LIMIT), "imagekit")
+        value = compute(data, read_header(data, pixel_limit=PIXEL_LIMIT), "imagekit")
     except ImageError as exc:
         assert "\n" not in str(exc)
     else:

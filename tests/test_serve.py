@@ -20,12 +20,14 @@ from yarl import URL
 
 from crawler.catalogue import open_catalogue
 from crawler.cli import cli
-from crawler.config import ServeSettings, Settings
+from crawler.config import ExtractSettings, ServeSettings, Settings
 from crawler.errors import ConfigError
 from crawler.extract import extract
 from crawler.serve import DuplicatesCache, RateLimiter, check_listen_address, create_app
+from tests.hostile_images import HOSTILE
 from tests.serve_support import TEST_HOSTS, UpstreamServer, api_settings, make_jpeg, serving
 from tests.slow_image import interlaced_png
+from tests.test_hostile import peak_rss
 
 IMAGES = {
     "a.jpg": make_jpeg(1),
@@ -284,6 +286,50 @@ async def test_an_image_over_the_extraction_time_limit_costs_only_its_request(
     assert "crawl.extract_timeout" in slow_body["help"]
     assert fine_status == again_status == 200
     assert fine_body == again_body == extract(IMAGES["a.jpg"]).metadata
+
+
+def descendants_peak_rss() -> dict[int, int]:
+    """The peak resident memory (VmHWM) of every process below this one: the extraction
+    processes and the fork server they come from."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    below, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return {pid: peak_rss(pid) for pid in below if Path(f"/proc/{pid}/status").exists()}
+
+
+async def test_two_hostile_images_at_once_cost_only_their_requests(sqlite_url: str) -> None:
+    hostile = {case.name: case.make() for case in HOSTILE if case.reason == "too_much_memory"}
+    bombs = ["jpeg-progressive-444-16383", "heic-grid-256-cells-13300"]
+    server = UpstreamServer({**hostile, "a.jpg": IMAGES["a.jpg"]})
+    async with (
+        serving(server.app) as base,
+        api(api_settings(sqlite_url, allow_hosts=allowing(base))) as running,
+    ):
+        await running.get("/v1/metadata", url=str(base / "img/a.jpg"))  # processes up
+
+        async def timed(name: str) -> tuple[int, dict, float]:
+            started = time.monotonic()
+            status, body, _ = await running.get("/v1/metadata", url=str(base / "img" / name))
+            return status, body, time.monotonic() - started
+
+        *refused, (status, body, seconds) = await asyncio.gather(
+            *(timed(name) for name in bombs), timed("a.jpg")
+        )
+        peaks = descendants_peak_rss()
+    for bomb_status, bomb_body, _ in refused:
+        assert_error(bomb_status, bomb_body, 413, "more than extract.memory_limit")
+    assert (status, body) == (200, extract(IMAGES["a.jpg"]).metadata)
+    assert seconds < 1
+    assert len(peaks) >= 2  # the fork server and the extraction processes
+    assert max(peaks.values()) < ExtractSettings().memory_limit, peaks
 
 
 async def test_unreachable_upstream_is_502(sqlite_url: str) -> None:

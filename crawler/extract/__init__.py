@@ -8,7 +8,7 @@ quality estimate (``quality``), the EXIF sections (``exif``) and the perceptual 
 from typing import Any
 
 from crawler.config import ExtractSettings
-from crawler.errors import ExifError
+from crawler.errors import ExifError, MemoryExhaustedError
 from crawler.extract import exif, image, phash, quality
 from crawler.hashes import to_hex
 from crawler.metadata import Extraction
@@ -20,13 +20,31 @@ def extract(
     """The metadata object of the image in ``data``.
 
     ``source`` (a path or URL) only names the image in error messages. Raises an
-    ``ImageError`` subclass when the bytes are not a readable image; broken EXIF does not
+    ``ImageError`` subclass when the bytes are not a readable image, or would cost more to
+    decode than ``settings`` allow (estimated from the header); broken EXIF does not
     raise: what can be read of it is kept, and each problem is in ``warnings`` (``exif`` is
     ``{}`` where even its header is unreadable).
     """
     settings = settings or ExtractSettings()
     where = f" ({source})" if source else ""
-    header = image.read_header(data, pixel_limit=settings.pixel_limit, where=where)
+    try:
+        return _extract(data, settings, where)
+    except MemoryError:
+        # A decoder asked for more than the process may have: in an extraction process,
+        # its cap (extract.memory_limit beyond what it holds idle) stopped a bad estimate.
+        raise MemoryExhaustedError(
+            f"ran out of memory decoding the image (extract.memory_limit){where}"
+        ) from None
+
+
+def _extract(data: bytes, settings: ExtractSettings, where: str) -> Extraction:
+    header = image.read_header(
+        data,
+        pixel_limit=settings.pixel_limit,
+        memory_limit=settings.memory_limit,
+        full_decode=settings.hash_algorithm == "imagehash",
+        where=where,
+    )
     exif_problems: list[str] = []
     try:
         exif_sections = exif.read_exif(data, header.format, exif_problems)

@@ -97,6 +97,29 @@ def read_exif(data: bytes, image_format: str, warnings: list[str] | None = None)
     return {name: _imagekit_clean(entries) for name, entries in sections.items()}
 
 
+_LAYOUT_NAMES = frozenset(
+    {
+        "ImageWidth", "ImageHeight", "BitsPerSample", "Compression", "SamplesPerPixel",
+        "PlanarConfiguration", "RowsPerStrip", "StripOffsets", "StripByteCounts",
+        "TileWidth", "TileLength", "TileOffsets", "TileByteCounts",
+    }
+)  # fmt: skip
+_LAYOUT_TAGS = {tag: name for tag, name in EXIF_TAGS.items() if name in _LAYOUT_NAMES}
+
+
+def tiff_layout(data: bytes) -> dict[str, Any]:
+    """How a TIFF file stores the pixels of its first image: the sizes, samples, strips and
+    tiles of its first directory, by their tag names (every entry read, not node-exif's
+    128); ``{}`` where the TIFF header cannot be read."""
+    try:
+        reader = _TiffReader(memoryview(data), 0, node_exif=False)
+    except ExifError:
+        return {}
+    layout: dict[str, Any] = {}
+    reader._read_ifd(reader.ifd0, "IFD0", _LAYOUT_TAGS, layout, cap=MOST_ENTRIES)
+    return layout
+
+
 # --- Finding the block in each container ------------------------------------------------------
 
 
@@ -406,10 +429,15 @@ class _TiffReader:
         return len(self.data) - self.tiff_start
 
     def _read_ifd(
-        self, offset: int, name: str, tags: dict[int, str], into: dict[str, Any]
+        self,
+        offset: int,
+        name: str,
+        tags: dict[int, str],
+        into: dict[str, Any],
+        cap: int | None = None,
     ) -> int | None:
-        """Read one directory's entries into ``into``; returns where its next-IFD pointer is
-        (None where it has none we read)."""
+        """Read one directory's entries into ``into``, at most ``cap`` (node-exif's, by
+        default); returns where its next-IFD pointer is (None where it has none we read)."""
         where = f"{name} at offset {offset - self.tiff_start}"
         if offset in self.visited:
             self.problems.append(f"{where} loops back to a directory already read")
@@ -420,7 +448,7 @@ class _TiffReader:
         except _OutsideTheBlock:
             self.problems.append(f"{where} lies outside the {self._block_size()}-byte block")
             return None
-        cap = _ENTRY_CAPS.get(name, MAX_ENTRIES)
+        cap = cap or _ENTRY_CAPS.get(name, MAX_ENTRIES)
         count = min(stored_count, cap)
         # Past node-exif's cap it takes entry 129 for the next-IFD pointer; we take none.
         has_next = stored_count <= MAX_ENTRIES

@@ -20,9 +20,29 @@ from typing import Any, Final
 
 import pillow_heif
 import pyvips
-from PIL import Image, UnidentifiedImageError
+from PIL import (
+    AvifImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+from pillow_heif.as_plugin import HeifImageFile
 
-from crawler.errors import DecodeError, NotAnImageError, PixelLimitError, UnsupportedFormatError
+from crawler.errors import (
+    DecodeError,
+    ImageError,
+    MemoryExhaustedError,
+    NotAnImageError,
+    PixelLimitError,
+    UnsupportedFormatError,
+)
+from crawler.extract import decode_cost
 from crawler.signatures import AVIF_BRANDS, SIGNATURE_SIZE, image_signature
 
 # Extraction runs in long-lived worker processes: libvips must not keep decoded images,
@@ -97,8 +117,6 @@ _HEIF_BRANDS: Final = frozenset(
 # "BM" alone also starts text; the size of the info header after it tells a real BMP
 _BMP_INFO_HEADER_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _TEXT_PROBE_BYTES: Final = 1024
-_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
-_DEFLATE_MAX_RATIO: Final = 1032
 # EXIF orientation -> the Pillow transpose that shows the image upright
 _ORIENTATION_TRANSPOSE: Final = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -109,12 +127,28 @@ _ORIENTATION_TRANSPOSE: Final = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_SAMPLE_BYTES: Final = {
+    **{"uchar": 1, "char": 1, "ushort": 2, "short": 2, "uint": 4, "int": 4},
+    **{"float": 4, "double": 8, "complex": 8, "dpcomplex": 16},
+}
 _MM_PER_INCH: Final = 25.4
 _INT32_MAX: Final = 2**31 - 1
 # Pillow modes whose JPEG pixels libjpeg produces exactly as libvips' loader does (CMYK and
 # YCCK are inverted and converted by libvips itself).
 _LIBVIPS_IDENTICAL_JPEG_MODES: Final = frozenset({"RGB", "L"})
 _PILLOW_ERRORS: Final = (OSError, EOFError, SyntaxError, ValueError, RuntimeError)
+# How libvips, libjpeg and libheif say that an allocation failed
+_OUT_OF_MEMORY: Final = ("out of memory", "insufficient memory", "memory allocation error")
+_PILLOW_PLUGINS: Final[dict[str, type[ImageFile.ImageFile]]] = {
+    "jpg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "gif": GifImagePlugin.GifImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
+    "avif": AvifImagePlugin.AvifImageFile,
+    "heif": HeifImageFile,
+}
 
 
 @dataclass(frozen=True)
@@ -135,20 +169,55 @@ class ImageHeader:
     orientation: int
 
 
-def read_header(data: bytes, *, pixel_limit: int, where: str = "") -> ImageHeader:
-    """The header facts of the image in ``data``, without decoding pixels.
+def read_header(
+    data: bytes,
+    *,
+    pixel_limit: int,
+    memory_limit: int | None = None,
+    full_decode: bool = False,
+    where: str = "",
+) -> ImageHeader:
+    """The header facts of the image in ``data``, without decoding pixels, checked against
+    the limits (``memory_limit``, None for none: what its decode needs, estimated from the
+    header; ``full_decode``: the pixels will be decoded at full size, not as far as the
+    pHash reduces them).
 
     ``where`` (e.g. `` (photo.jpg)``) is appended to error messages. Raises NotAnImageError,
-    UnsupportedFormatError, DecodeError (unreadable header) or PixelLimitError.
+    UnsupportedFormatError, DecodeError (unreadable header, or data that cannot fill the
+    picture), PixelLimitError or MemoryLimitError.
     """
     image_format = sniff_format(data, where)
+    if image_format == "webp" and (canvas := decode_cost.webp_size(data)):
+        # before libvips, which allocates the canvas as it reads the header
+        _check_pixel_limit(*canvas, pixel_limit, where)
+        decode_cost.check(
+            data,
+            "webp",
+            canvas,
+            4,
+            1,
+            memory_limit=memory_limit,
+            full_decode=full_decode,
+            where=where,
+        )
     if image_format == "bmp":
-        header = _read_bmp_header(data, where)
+        header, bands = _read_bmp_header(data, where)
+        sample_bytes = 1
     else:
-        header = _header_from_vips(image_format, load_vips(data, image_format, where))
+        image = load_vips(data, image_format, where)
+        header, bands = _header_from_vips(image_format, image), image.bands
+        sample_bytes = _SAMPLE_BYTES.get(image.format, 8)
     _check_pixel_limit(header.width, header.height, pixel_limit, where)
-    if image_format == "png":
-        _check_png_can_hold_its_pixels(data, header, where)
+    decode_cost.check(
+        data,
+        image_format,
+        (header.width, header.height),
+        bands,
+        sample_bytes,
+        memory_limit=memory_limit,
+        full_decode=full_decode,
+        where=where,
+    )
     return header
 
 
@@ -177,20 +246,6 @@ def _check_pixel_limit(width: int, height: int, pixel_limit: int, where: str = "
         raise PixelLimitError(
             f"image too large: {width} x {height} = {width * height} pixels,"
             f" more than the limit of {pixel_limit}{where}"
-        )
-
-
-def _check_png_can_hold_its_pixels(data: bytes, header: ImageHeader, where: str) -> None:
-    """A damaged IHDR can claim millions of pixels in a few bytes; libvips would then spend
-    many seconds resizing rows it can never fill. Deflate packs at most 1032 bytes into one."""
-    bit_depth, colour_type = data[24], data[25]
-    channels = _PNG_CHANNELS.get(colour_type, 4)
-    row_bytes = 1 + math.ceil(header.width * channels * bit_depth / 8)
-    fewest_bytes = row_bytes * header.height // _DEFLATE_MAX_RATIO
-    if len(data) < fewest_bytes:
-        raise DecodeError(
-            f"cannot decode png pixels: {len(data)} bytes cannot hold"
-            f" {header.width} x {header.height} pixels{where}"
         )
 
 
@@ -225,9 +280,17 @@ def vips_errors(image_format: str, where: str, stage: str) -> Iterator[None]:
         with vips_messages_decoded():
             yield
     except pyvips.Error as exc:
-        raise DecodeError(
-            f"cannot decode {image_format} {stage}: {_last_line(exc)}{where}"
-        ) from None
+        raise _decode_failure(image_format, stage, _last_line(exc), where) from None
+
+
+def _decode_failure(image_format: str, stage: str, reason: str, where: str) -> ImageError:
+    """A decoder's failure as a typed error: MemoryExhaustedError where it ran out of memory
+    (the extraction process's cap), DecodeError otherwise."""
+    if any(words in reason.lower() for words in _OUT_OF_MEMORY):
+        return MemoryExhaustedError(
+            f"ran out of memory decoding {image_format} {stage}: {reason}{where}"
+        )
+    return DecodeError(f"cannot decode {image_format} {stage}: {reason}{where}")
 
 
 @contextmanager
@@ -260,7 +323,7 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            picture = Image.open(io.BytesIO(data), formats=["JPEG"])
+            picture = _pillow_open(data, "jpg")
             if (
                 picture.mode not in _LIBVIPS_IDENTICAL_JPEG_MODES
                 or picture.size != (header.width, header.height)
@@ -271,7 +334,7 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
                 # Pillow picks the largest libjpeg scale that keeps this size: exactly ``shrink``.
                 picture.draft(picture.mode, libvips_size)
             picture.load()
-    except (Image.DecompressionBombError, UnidentifiedImageError, *_PILLOW_ERRORS):
+    except (UnidentifiedImageError, *_PILLOW_ERRORS):
         return None
     return picture if picture.size == libvips_size else picture.crop((0, 0, *libvips_size))
 
@@ -286,7 +349,7 @@ def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> Image.Image |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            picture = Image.open(io.BytesIO(data), formats=["PNG", "GIF"])
+            picture = _pillow_open(data, header.format)
             if (
                 picture.mode != "P"
                 or "transparency" in picture.info
@@ -296,7 +359,7 @@ def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> Image.Image |
                 return None
             picture.load()
             colours = len(picture.getpalette("RGB") or ()) // 3
-    except (Image.DecompressionBombError, UnidentifiedImageError, *_PILLOW_ERRORS):
+    except (UnidentifiedImageError, *_PILLOW_ERRORS):
         return None
     highest_index = picture.getextrema()[1]
     if picture.mode != "P" or not isinstance(highest_index, int) or highest_index >= colours:
@@ -315,8 +378,8 @@ def decode_with_pillow(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            picture = Image.open(io.BytesIO(data))
-            # The pixel limit was checked on the header; never decode more than it promised.
+            picture = _pillow_open(data, header.format)
+            # The limits were checked on the header; never decode more than it promised.
             if picture.width * picture.height > header.width * header.height:
                 raise DecodeError(
                     f"cannot decode {header.format} pixels: {picture.width} x {picture.height}"
@@ -325,15 +388,21 @@ def decode_with_pillow(
             if picture.format == "JPEG" and min_size:
                 picture.draft(picture.mode, _draft_size(header, min_size))
             picture.load()
-    except Image.DecompressionBombError as exc:
-        raise PixelLimitError(f"image too large to decode: {one_line(str(exc))}{where}") from None
     except UnidentifiedImageError:
         raise DecodeError(f"cannot decode {header.format} pixels: unreadable{where}") from None
     except _PILLOW_ERRORS as exc:
-        raise DecodeError(
-            f"cannot decode {header.format} pixels: {one_line(str(exc))}{where}"
-        ) from None
+        raise _decode_failure(header.format, "pixels", one_line(str(exc)), where) from None
     return _apply_orientation(picture, header.orientation)
+
+
+def _pillow_open(data: bytes, image_format: str) -> ImageFile.ImageFile:
+    """Pillow's lazy image of ``data``, opened by the plugin of ``image_format``.
+
+    Not through ``Image.open``, whose decompression-bomb check would put Pillow's own pixel
+    limit (178,956,970) on the formats it decodes: the header was checked against
+    ``extract.pixel_limit`` and ``extract.memory_limit``, one limit for every decoder.
+    """
+    return _PILLOW_PLUGINS[image_format](io.BytesIO(data))
 
 
 def _draft_size(header: ImageHeader, min_size: int) -> tuple[int, int]:
@@ -357,11 +426,12 @@ def _header_from_vips(image_format: str, image: pyvips.Image) -> ImageHeader:
     )
 
 
-def _read_bmp_header(data: bytes, where: str) -> ImageHeader:
+def _read_bmp_header(data: bytes, where: str) -> tuple[ImageHeader, int]:
+    """The header of a BMP, and the bands of its decoded pixels."""
     try:
-        with Image.open(io.BytesIO(data), formats=["BMP", "DIB"]) as picture:
+        with _pillow_open(data, "bmp") as picture:
             dpi = picture.info.get("dpi", (0, 0))[0]
-            return ImageHeader(
+            header = ImageHeader(
                 format="bmp",
                 width=picture.width,
                 height=picture.height,
@@ -371,8 +441,7 @@ def _read_bmp_header(data: bytes, where: str) -> ImageHeader:
                 or "transparency" in picture.info,
                 orientation=1,
             )
-    except Image.DecompressionBombError as exc:
-        raise PixelLimitError(f"image too large to decode: {one_line(str(exc))}{where}") from None
+            return header, len(picture.getbands())
     except UnidentifiedImageError:
         raise DecodeError(f"cannot decode bmp header: truncated or corrupt{where}") from None
     except _PILLOW_ERRORS as exc:

@@ -89,14 +89,14 @@ def quantization_tables(data: bytes) -> dict[int, list[int]]:
     A later definition of the same id replaces the earlier one, as in libjpeg.
     """
     tables: dict[int, list[int]] = {}
-    for marker, payload in _segments(data):
+    for marker, payload in jpeg_segments(data):
         if marker == _DQT:
             tables.update(_parse_dqt(payload))
     return tables
 
 
-def _segments(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(marker, payload) of each marker segment from SOI up to the first scan."""
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, payload) of each marker segment from SOI up to the first scan's header."""
     if not data.startswith(_SOI):
         return
     position = 2
@@ -110,12 +110,14 @@ def _segments(data: bytes) -> Iterator[tuple[int, bytes]]:
         if marker in _MARKERS_WITHOUT_LENGTH:
             position += 2
             continue
-        if marker in (_SOS, _EOI):
+        if marker == _EOI:
             return
         (length,) = struct.unpack_from(">H", data, position + 2)
         if length < 2:
             return
         yield marker, data[position + 4 : position + 2 + length]
+        if marker == _SOS:
+            return
         position += 2 + length
 
 
