@@ -37,7 +37,6 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import pickle
-import resource
 import signal
 import socket
 import struct
@@ -360,33 +359,29 @@ def _serve(connection: socket.socket, settings: ExtractSettings) -> None:
     pyvips.concurrency_set(1)
     # Ctrl-C reaches the whole process group; the crawler decides how its processes stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from crawler.extract.decode_cost import memory_cap
+
     with connection, contextlib.suppress(ConnectionError):
         _, files, _, _ = socket.recv_fds(connection, 1, REQUESTS_PER_PROCESS)
         bodies = [_BodyReader(file) for file in files]
-        cap_memory(settings.memory_limit)
-        while (request := _receive(connection)) is not None:
-            slot, size, url = pickle.loads(request)
-            try:
-                outcome = extract_in_worker(bodies[slot].read(size), url, settings)
-            except MemoryError:  # not even the body fits under the cap
-                outcome = _failure(MemoryExhaustedError(f"{url}: ran out of memory reading it"))
-            reply = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
-            connection.sendall(_LENGTH.pack(len(reply)) + reply)
-            if outcome.get("exhausted"):
-                sys.exit(_EXIT_MEMORY_EXHAUSTED)
+        with memory_cap(settings.memory_limit):
+            _answer(connection, bodies, settings)
 
 
-def cap_memory(limit: int) -> None:
-    """Let this process hold at most ``limit`` bytes more than it holds now (its heap and
-    private mappings, what RLIMIT_DATA counts: not the shared body files)."""
-    cap = _held_bytes() + limit
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-
-
-def _held_bytes() -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmData:"))
-    return int(line.split()[1]) * 1024
+def _answer(
+    connection: socket.socket, bodies: list["_BodyReader"], settings: ExtractSettings
+) -> None:
+    """Extract the image of each request until the crawler closes the socket."""
+    while (request := _receive(connection)) is not None:
+        slot, size, url = pickle.loads(request)
+        try:
+            outcome = extract_in_worker(bodies[slot].read(size), url, settings)
+        except MemoryError:  # not even the body fits under the cap
+            outcome = _failure(MemoryExhaustedError(f"{url}: ran out of memory reading it"))
+        reply = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+        connection.sendall(_LENGTH.pack(len(reply)) + reply)
+        if outcome.get("exhausted"):
+            sys.exit(_EXIT_MEMORY_EXHAUSTED)
 
 
 class _BodyReader:

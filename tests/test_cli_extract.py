@@ -1,6 +1,7 @@
 """``crawler extract`` and ``crawler distance`` as a user runs them."""
 
 import json
+import resource
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 from crawler.cli import cli
 from crawler.extract import extract
 from tests.faultserver import FaultServer
+from tests.hostile_images import jpeg
 from tests.slow_image import interlaced_png
 from tests.test_image import GRADIENT_PHASH, bigtiff
 
@@ -58,6 +60,19 @@ def test_extract_one_file_prints_the_object_as_pretty_json() -> None:
     assert "\n  " in out
     assert json.loads(out) == extract(CANON.read_bytes()).metadata
     assert list(json.loads(out))[:3] == ["height", "width", "size"]
+
+
+def test_extract_refuses_a_decompression_bomb_in_one_line_under_a_memory_cap(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(jpeg("RGB", 16383, 16383, progressive=True, subsampling=0))
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    code, out, err = run("extract", str(path))
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: image needs too much memory to decode: about 1,669 MB")
+    assert err.count("\n") == 1
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before  # the cap is lifted after
 
 
 def test_extract_reads_a_bigtiff(tmp_path: Path) -> None:

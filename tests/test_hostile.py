@@ -126,13 +126,13 @@ import sys
 from crawler.config import ExtractSettings
 from crawler.errors import MemoryExhaustedError
 from crawler.extract import extract
-from crawler.extraction_pool import cap_memory
+from crawler.extract.decode_cost import memory_cap
 data = sys.stdin.buffer.read()
-cap_memory(48 * 1024 * 1024)
-try:
-    extract(data, "photo.jpg", ExtractSettings(memory_limit=1 << 40))  # no estimate
-except MemoryExhaustedError as exc:
-    print(exc.reason, exc)
+with memory_cap(48 * 1024 * 1024):
+    try:
+        extract(data, "photo.jpg", ExtractSettings(memory_limit=1 << 40))  # no estimate
+    except MemoryExhaustedError as exc:
+        print(exc.reason, exc)
 """
 
 

@@ -77,7 +77,14 @@ def extract(
         else:
             rows.write({"source": source, **result.metadata})
 
-    extract_sources(sources, settings, print_result)
+    if runs_in_process(sources):
+        from crawler.extract.decode_cost import memory_cap
+
+        # Extracted in this process, each image under the extraction processes' cap.
+        with memory_cap(settings.extract.memory_limit * len(sources)):
+            extract_sources(sources, settings, print_result)
+    else:
+        extract_sources(sources, settings, print_result)
     if rows is not None:
         rows.close()
     if failures:

@@ -10,12 +10,15 @@ cannot fill the picture it claims (strips outside the file or too few of them, a
 shorter than its blocks need, a BMP shorter than its rows), which decoders would turn
 into a hash of zeros.
 
-Each extraction process is capped besides (``extraction_pool``), so an estimate that is
-wrong costs one image, never the machine.
+Each process that extracts is capped besides (``memory_cap``: the extraction processes,
+and ``crawler extract`` of a few images in its own process), so an estimate that is wrong
+costs one image, never the machine.
 """
 
 import math
-from collections.abc import Callable
+import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -388,3 +391,27 @@ _PILLOW_EXTRA: Final = {
     "heif": _HEIF_EXTRA_PER_SAMPLE_BYTE,
     "avif": _HEIF_EXTRA_PER_SAMPLE_BYTE,
 }
+
+
+@contextmanager
+def memory_cap(limit: int) -> Iterator[None]:
+    """While inside, this process may hold at most ``limit`` bytes more than it holds now
+    (``RLIMIT_DATA``: its heap and private mappings, not shared memory files). A decode the
+    estimate let through then fails its allocation (MemoryExhaustedError) instead of taking
+    the machine's memory. The soft limit only, restored on leaving."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = _held_bytes() + limit
+    for bound in (soft, hard):
+        if bound != resource.RLIM_INFINITY:
+            cap = min(cap, bound)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _held_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmData:"))
+    return int(line.split()[1]) * 1024
