@@ -11,14 +11,16 @@ on every 8-bit colour.
 
 import functools
 import io
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pyvips
-from PIL import Image, ImageCms
+from PIL import Image
+
+if TYPE_CHECKING:
+    from PIL import ImageCms  # imported where a profile first needs it: ~6 ms
 
 _KEPT_TRANSFORMS: Final = 32
-_INTENT: Final = ImageCms.Intent.PERCEPTUAL
 
 
 def can_convert(profile: bytes) -> bool:
@@ -38,11 +40,14 @@ def to_srgb(rgb: np.ndarray, profile: bytes) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=_KEPT_TRANSFORMS)
-def _transform(profile: bytes) -> ImageCms.ImageCmsTransform | None:
+def _transform(profile: bytes) -> "ImageCms.ImageCmsTransform | None":
+    from PIL import ImageCms
+
+    intent = ImageCms.Intent.PERCEPTUAL
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
         if source.profile.xcolor_space != "RGB " or not ImageCms.isIntentSupported(
-            source, _INTENT, ImageCms.Direction.INPUT
+            source, intent, ImageCms.Direction.INPUT
         ):
             return None
         return ImageCms.buildTransform(
@@ -50,7 +55,7 @@ def _transform(profile: bytes) -> ImageCms.ImageCmsTransform | None:
             _libvips_srgb(),
             "RGB",
             "RGB",
-            renderingIntent=_INTENT,
+            renderingIntent=intent,
             flags=ImageCms.Flags.NOCACHE,  # libvips' flags; the cache is a speed detail
         )
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
@@ -58,6 +63,8 @@ def _transform(profile: bytes) -> ImageCms.ImageCmsTransform | None:
 
 
 @functools.cache
-def _libvips_srgb() -> ImageCms.ImageCmsProfile:
+def _libvips_srgb() -> "ImageCms.ImageCmsProfile":
     """The sRGB profile libvips converts to (``icc_transform("srgb")``)."""
+    from PIL import ImageCms
+
     return ImageCms.ImageCmsProfile(io.BytesIO(pyvips.Operation.call("profile_load", "srgb")))
