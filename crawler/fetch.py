@@ -23,7 +23,7 @@ from yarl import URL
 
 from crawler.config import CrawlSettings
 from crawler.errors import CrawlerError
-from crawler.files import file_errors, within_limit
+from crawler.files import file_errors, regular_file_opener, within_limit
 from crawler.seeds import host_problem, local_path
 from crawler.signatures import image_signature
 
@@ -184,7 +184,7 @@ class Fetcher:
         assert path is not None, f"{url} is not a file:// URL"
         limit = self._settings.max_size
         with file_errors(url):
-            async with aiofiles.open(path, "rb") as handle:
+            async with aiofiles.open(path, "rb", opener=regular_file_opener(url)) as handle:
                 data = within_limit(url, await handle.read(limit + 1), limit)
         _require_image(url, data)
         return Fetched(url=url, final_url=url, chunks=(data,))

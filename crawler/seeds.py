@@ -9,6 +9,7 @@ catalogue's unique key on the normalised URL, not by remembering every line here
 """
 
 import ipaddress
+import logging
 import os
 import queue
 import re
@@ -21,6 +22,8 @@ from pathlib import Path
 from yarl import URL
 
 from crawler.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(
     {
@@ -308,9 +311,37 @@ def is_directory(path: Path) -> bool:
 
 
 def image_files(directory: Path) -> Iterator[Path]:
-    """Image files under ``directory``, recursively, in a stable order."""
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
+    """Image files under ``directory``, recursively, in a stable order: a directory's files
+    by name, then its subdirectories by name (links to directories are not followed).
+
+    Only regular files (or links to them) count, told by the directory entry's type
+    without opening anything: a pipe, socket or device named ``*.jpg`` is skipped. A
+    dangling link is kept: it fails ``not_found`` like any file that went away."""
+    waiting = [str(directory)]  # depth first, without recursion: trees can be deep
+    while waiting:
+        try:
+            with os.scandir(waiting.pop()) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:  # unreadable, or gone meanwhile: as os.walk, go on with the rest
+            continue
+        for entry in entries:
+            if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and _is_image_file(entry):
+                yield Path(entry.path)
+        waiting.extend(entry.path for entry in reversed(entries) if _is_directory(entry))
+
+
+def _is_image_file(entry: "os.DirEntry[str]") -> bool:
+    try:
+        if entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+            return True
+    except OSError:
+        return False
+    log.debug("%s: skipped, not a regular file", entry.path)
+    return False
+
+
+def _is_directory(entry: "os.DirEntry[str]") -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
