@@ -7,6 +7,7 @@ and in ``config.example.toml``. A bad value raises ``ConfigError`` naming the ke
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class CrawlSettings:
     batch_size: int = 100
     lease_seconds: float = 30.0
     max_url_length: int = 8192
+    max_seed_line_length: int = 65536
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
 
@@ -78,6 +80,10 @@ class ServeSettings:
     allow_hosts: tuple[str, ...] = ()
     max_upstream_fetches: int = 16
     rate_limit_per_minute: int = 600
+    auth_failures_per_minute: int = 10
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    allow_all_hosts: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,15 +196,52 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover - table is fixed
 
 
-def _bounded(settings: Settings) -> dict[str, tuple[int, int]]:
-    """Counts the crawl makes that many tasks, processes or buffered results of: a typo
-    with three more zeros must be an error, not a machine out of memory."""
+DAY = 86_400.0
+GIB = 1024**3
+
+
+def _bounded(settings: Settings) -> dict[str, tuple[float, float]]:
+    """Every number's upper bound. Counts the crawl makes that many tasks, processes or
+    buffered results of, and sizes it holds in memory: a typo with three more zeros must be
+    an error, not a machine out of memory. Durations: a day at most, which every timer and
+    timestamp handles (a TOML integer of 2**63 - 1 seconds would overflow them)."""
+    crawl, timeouts, retries, serve = (
+        settings.crawl,
+        settings.crawl.timeouts,
+        settings.crawl.retries,
+        settings.serve,
+    )
     return {
-        "crawl.concurrency": (settings.crawl.concurrency, 10_000),
-        "crawl.extract_workers": (settings.crawl.extract_workers, 256),
-        "crawl.batch_size": (settings.crawl.batch_size, 10_000),
-        "crawl.max_url_length": (settings.crawl.max_url_length, 1_000_000),
-        "crawl.retries.host_failures": (settings.crawl.retries.host_failures, 1_000),
+        "crawl.concurrency": (crawl.concurrency, 10_000),
+        "crawl.per_host_concurrency": (crawl.per_host_concurrency, 1_000),
+        "crawl.per_host_delay": (crawl.per_host_delay, DAY),
+        "crawl.per_host_delay_max": (crawl.per_host_delay_max, DAY),
+        "crawl.max_redirects": (crawl.max_redirects, 100),
+        # A body is held in memory whole; 2 GiB - 1 is also what one read() returns and
+        # what the decoders' 32-bit lengths hold.
+        "crawl.max_size": (crawl.max_size, 2 * GIB - 1),
+        "crawl.extract_workers": (crawl.extract_workers, 256),
+        "crawl.extract_timeout": (crawl.extract_timeout, DAY),
+        "crawl.batch_size": (crawl.batch_size, 10_000),
+        "crawl.lease_seconds": (crawl.lease_seconds, DAY),
+        "crawl.max_url_length": (crawl.max_url_length, 1_000_000),
+        "crawl.max_seed_line_length": (crawl.max_seed_line_length, 1_000_000),
+        "crawl.timeouts.connect": (timeouts.connect, DAY),
+        "crawl.timeouts.read": (timeouts.read, DAY),
+        "crawl.timeouts.total": (timeouts.total, DAY),
+        "crawl.timeouts.url": (timeouts.url, DAY),
+        "crawl.retries.attempts": (retries.attempts, 100),
+        "crawl.retries.backoff_base": (retries.backoff_base, DAY),
+        "crawl.retries.backoff_max": (retries.backoff_max, DAY),
+        "crawl.retries.retry_after_max": (retries.retry_after_max, DAY),
+        "crawl.retries.host_failures": (retries.host_failures, 1_000),
+        "extract.pixel_limit": (settings.extract.pixel_limit, 10**12),  # a terapixel
+        "serve.port": (serve.port, 65_535),
+        "serve.max_upstream_fetches": (serve.max_upstream_fetches, 1_000),
+        "serve.rate_limit_per_minute": (serve.rate_limit_per_minute, 1_000_000),
+        "serve.auth_failures_per_minute": (serve.auth_failures_per_minute, 10_000),
+        "serve.header_timeout": (serve.header_timeout, 3_600.0),
+        "serve.max_connections": (serve.max_connections, 1_000_000),
     }
 
 
@@ -222,6 +265,10 @@ def _validate(settings: Settings) -> None:
         "extract.memory_limit": settings.extract.memory_limit,
         "serve.max_upstream_fetches": settings.serve.max_upstream_fetches,
         "serve.rate_limit_per_minute": settings.serve.rate_limit_per_minute,
+        "crawl.max_seed_line_length": settings.crawl.max_seed_line_length,
+        "serve.auth_failures_per_minute": settings.serve.auth_failures_per_minute,
+        "serve.header_timeout": settings.serve.header_timeout,
+        "serve.max_connections": settings.serve.max_connections,
     }
     non_negative = {
         "crawl.per_host_delay": settings.crawl.per_host_delay,
@@ -237,11 +284,13 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{key}: must be greater than 0, got {value}")
     for key, (value, most) in _bounded(settings).items():
         if value > most:
-            raise ConfigError(f"{key}: at most {most}, got {value}")
+            raise ConfigError(f"{key}: at most {_shown(most)}, got {_shown(value)}")
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be 0 or more, got {value}")
     _validate_delays(settings.crawl)
+    _validate_lengths(settings.crawl)
+    _validate_header_text("crawl.user_agent", settings.crawl.user_agent)
     if settings.extract.hash_algorithm not in HASH_ALGORITHMS:
         raise ConfigError(
             f"extract.hash_algorithm: expected one of {', '.join(HASH_ALGORITHMS)}, "
@@ -251,6 +300,35 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"serve.port: expected 1..65535, got {settings.serve.port}")
     if not settings.database.url.strip():
         raise ConfigError("database.url: must not be empty")
+
+
+def _shown(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+def _validate_lengths(crawl: CrawlSettings) -> None:
+    """A seed line is cut before it is parsed; the URL it gives is measured after it is
+    normalised (whitespace, a fragment and dot segments gone). A line limit below the URL
+    limit would refuse URLs the URL limit allows."""
+    if crawl.max_seed_line_length < crawl.max_url_length:
+        raise ConfigError(
+            f"crawl.max_seed_line_length: at least crawl.max_url_length "
+            f"({crawl.max_url_length}), got {crawl.max_seed_line_length}"
+        )
+
+
+# Visible ASCII, with single spaces inside: what an HTTP field value can carry unchanged.
+_HEADER_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def _validate_header_text(key: str, value: str) -> None:
+    """Text sent as an HTTP header: a CR or LF in it would end the header (and let it add
+    others), and aiohttp refuses control characters in every request."""
+    if not _HEADER_TEXT.fullmatch(value):
+        raise ConfigError(
+            f"{key}: must be printable ASCII, without line breaks, control characters or "
+            f"spaces at either end (it is sent as an HTTP header), got {value!r}"
+        )
 
 
 def _validate_delays(crawl: CrawlSettings) -> None:

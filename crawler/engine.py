@@ -285,6 +285,7 @@ class _Crawl:
                     self._seeds,
                     should_stop=lambda: self._stopping,
                     max_url_length=self._crawl.max_url_length,
+                    max_line_length=self._crawl.max_seed_line_length,
                 ),
                 requeue=requeue,
                 run_started=utc_now(),

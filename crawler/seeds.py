@@ -2,12 +2,19 @@
 
 A line is an ``http``/``https``/``file`` URL or a plain path (relative paths are relative to
 the working directory); a directory stands for every image file under it, recursively. Blank
-lines and ``#`` comments are skipped. Reading is a generator over the file, so a ten-million
-line list needs no more memory than a short one; duplicates are removed later by the
+lines and ``#`` comments are skipped, and so is a UTF-8 byte order mark at the start. Any
+other ``scheme:`` (``javascript:``, ``data:``, ``mailto:``) is a bad seed, not a relative path,
+unless a file of that name exists or the scheme is one letter (a Windows drive, ``c:\\``).
+
+Reading is a generator over the file, ``READ_SIZE`` characters at a time, so a ten-million
+line list needs no more memory than a short one, and no line is held whole beyond
+``crawl.max_seed_line_length`` characters: a longer one is a bad seed (``url_too_long``)
+whose row keeps its first ``CUT_LINE_KEEPS``. Duplicates are removed later by the
 catalogue's unique key on the normalised URL, not by remembering every line here. The list
-``-`` is standard input, read as it arrives.
+``-`` is standard input, read as it arrives, under the same rules.
 """
 
+import codecs
 import ipaddress
 import logging
 import os
@@ -44,9 +51,13 @@ IMAGE_SUFFIXES = frozenset(
 STDIN = "-"  # the seed list that stands for standard input
 LOCAL_HOST = ""  # the host of local files: read without politeness, by any crawler
 DEFAULT_MAX_URL_LENGTH = 8192
+DEFAULT_MAX_SEED_LINE_LENGTH = 64 * 1024
+CUT_LINE_KEEPS = 1024  # characters of an over-long line that its row keeps as its url
+READ_SIZE = 16 * 1024  # characters of a seed file (bytes of standard input) read at a time
 WEB_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+_BOM = "\ufeff"
 # A web URL that is canonical already, but for a fragment: lower-case host (no IDNA labels,
 # which must be checked), a port that is not the default, path segments and query of
 # unreserved characters only (no dot segments, no percent-encoding). Most seed lines look
@@ -109,11 +120,14 @@ def _normalise_parsed(text: str) -> str:
     if not text:
         raise SeedError("empty seed")
     scheme = _SCHEME.match(text)
-    if scheme is None:
+    if scheme is None or _names_a_path(text, scheme.group(1)):
         return _file_url(text, text)
     name = scheme.group(1).lower()
     if name not in (*WEB_SCHEMES, "file"):
-        raise SeedError(f"{text}: unsupported scheme {name!r} (use http, https, file or a path)")
+        raise SeedError(
+            f"{text}: unsupported scheme {name!r} (use http, https, file or a path; "
+            f"./{text} for a file of that name)"
+        )
     try:
         url = URL(text)
         host = url.host  # decodes IDNA: UnicodeError, a ValueError, for invalid punycode
@@ -163,6 +177,19 @@ def _is_ipv6_address(host: str) -> bool:
     return True
 
 
+def _names_a_path(text: str, scheme: str) -> bool:
+    """Whether ``text``, which starts like a URL with ``scheme``, is a path after all: a
+    Windows drive letter (no URL scheme has one letter), or a file that exists here."""
+    if scheme.lower() in (*WEB_SCHEMES, "file"):
+        return False
+    if len(scheme) == 1:
+        return True
+    try:
+        return os.path.lexists(text)
+    except ValueError:  # a NUL byte: no such file
+        return False
+
+
 def _file_url(text: str, path: str) -> str:
     """The absolute ``file://`` URL of ``path``, from the seed ``text``."""
     try:
@@ -198,23 +225,28 @@ def iter_seeds(
     seeds: str | Path | Iterable[str],
     should_stop: Callable[[], bool] = lambda: False,
     max_url_length: int = DEFAULT_MAX_URL_LENGTH,
+    max_line_length: int = DEFAULT_MAX_SEED_LINE_LENGTH,
 ) -> Iterator[Seed | None]:
     """Every seed of the list at the path ``seeds`` (``-``: standard input), or of the lines
     ``seeds`` (any other iterable of strings), in order, streamed line by line. From standard
     input, ``None`` where the input pauses (the seeds so far can be crawled meanwhile), and
-    the end once ``should_stop()``: a pipe can stay open. A URL longer than
-    ``max_url_length`` is a bad seed with reason ``url_too_long``."""
-    lines: Iterable[str | None]
+    the end once ``should_stop()``: a pipe can stay open. A line over ``max_line_length``
+    characters (never held whole), or a URL over ``max_url_length`` once normalised, is a
+    bad seed with reason ``url_too_long``."""
+    lines: Iterable[str | _LongLine | None]
     if not isinstance(seeds, str | Path):
-        lines, name = seeds, "the seeds given"
+        lines, name = _given_lines(seeds, max_line_length), "the seeds given"
     elif str(seeds) == STDIN:
-        lines, name = _stdin_lines(should_stop), "standard input"
+        lines, name = _stdin_lines(should_stop, max_line_length), "standard input"
     else:
-        lines, name = _lines(seeds), str(seeds)
+        lines, name = _file_lines(seeds, max_line_length), str(seeds)
     try:
         for line in lines:
             if line is None:
                 yield None
+            elif isinstance(line, _LongLine):
+                if not line.head.lstrip().startswith("#"):
+                    yield line.seed(max_line_length)
             elif (text := line.strip()) and not text.startswith("#"):
                 yield from _expand(text, max_url_length)
     except OSError as exc:
@@ -222,16 +254,89 @@ def iter_seeds(
         raise SourceError(f"{name}: cannot read the seed list: {reason}") from None
 
 
-def _lines(path: str | Path) -> Iterator[str]:
-    with Path(path).open(encoding="utf-8", errors="replace") as handle:
-        yield from handle
+@dataclass
+class _LongLine:
+    """A line over the limit, never held whole: its first characters and its length."""
+
+    head: str
+    length: int
+
+    def seed(self, limit: int) -> Seed:
+        """The bad seed it is. Its row's url is its first ``CUT_LINE_KEEPS`` characters,
+        marked as cut (two long lines that share those and their length share the row)."""
+        head = self.head.strip()
+        problem = (
+            f"{head[:80]}...: a line of {self.length} characters, over {limit} "
+            "(crawl.max_seed_line_length)"
+        )
+        url = f"{head}... (cut: a line of {self.length} characters)"
+        return Seed(_without_nul(url), _without_nul(problem), UrlTooLongError.reason)
+
+
+class _LineSplitter:
+    """Splits text fed piece by piece into lines at LF, holding at most ``limit``
+    characters of one line: a longer one comes out as a ``_LongLine`` once it ends."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._partial: list[str] = []  # the start of a line that has not ended yet
+        self._held = 0  # characters in it
+        self._cut: _LongLine | None = None  # the line over the limit being passed over
+
+    def feed(self, piece: str) -> Iterator[str | _LongLine]:
+        *ended, unfinished = piece.split("\n")
+        for line in ended:
+            if self._partial or self._cut is not None:
+                yield self._joined(line)
+            elif len(line) > self._limit:
+                yield _LongLine(line[:CUT_LINE_KEEPS], len(line))
+            else:
+                yield line
+        self._hold(unfinished)
+
+    def end(self) -> Iterator[str | _LongLine]:
+        """The last line, if the input did not end with a line break."""
+        if self._partial or self._cut is not None:
+            yield self._joined("")
+
+    def _joined(self, end: str) -> str | _LongLine:
+        self._hold(end)
+        line = self._cut or "".join(self._partial)
+        self._partial, self._held, self._cut = [], 0, None
+        return line
+
+    def _hold(self, text: str) -> None:
+        if self._cut is not None:
+            self._cut.length += len(text)
+            return
+        self._partial.append(text)
+        self._held += len(text)
+        if self._held > self._limit:
+            self._cut = _LongLine("".join(self._partial)[:CUT_LINE_KEEPS], self._held)
+            self._partial, self._held = [], 0
+
+
+def _file_lines(path: str | Path, limit: int) -> Iterator[str | _LongLine]:
+    # utf-8-sig drops a leading byte order mark; text mode ends lines at CR, LF and CRLF.
+    lines = _LineSplitter(limit)
+    with Path(path).open(encoding="utf-8-sig", errors="replace") as handle:
+        while piece := handle.read(READ_SIZE):
+            yield from lines.feed(piece)
+    yield from lines.end()
+
+
+def _given_lines(seeds: Iterable[str], limit: int) -> Iterator[str | _LongLine]:
+    """The lines given, checked as a file's would be (they are in memory already)."""
+    for number, line in enumerate(seeds):
+        text = line.removeprefix(_BOM) if number == 0 else line
+        yield _LongLine(text[:CUT_LINE_KEEPS], len(text)) if len(text) > limit else text
 
 
 _STDIN_POLL_SECONDS = 0.1
-_STDIN_PIECES_BUFFERED = 64  # of up to 64 KB each
+_STDIN_PIECES_BUFFERED = 64  # of up to READ_SIZE bytes each
 
 
-def _stdin_lines(should_stop: Callable[[], bool]) -> Iterator[str | None]:
+def _stdin_lines(should_stop: Callable[[], bool], limit: int) -> Iterator[str | _LongLine | None]:
     """Lines of standard input as they arrive, and None when it pauses, until its end or
     ``should_stop()``.
 
@@ -241,7 +346,8 @@ def _stdin_lines(should_stop: Callable[[], bool]) -> Iterator[str | None]:
     as they come."""
     pieces: queue.Queue[bytes | OSError] = queue.Queue(_STDIN_PIECES_BUFFERED)
     threading.Thread(target=_read_stdin, args=(pieces,), name="stdin", daemon=True).start()
-    partial: list[bytes] = []  # the start of a line that has not ended yet
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    lines = _LineSplitter(limit)
     paused = True
     while not should_stop():
         try:
@@ -254,21 +360,16 @@ def _stdin_lines(should_stop: Callable[[], bool]) -> Iterator[str | None]:
         paused = False
         if isinstance(piece, OSError):
             raise piece
+        # CR ends a line as in a file (CRLF gives an empty line more, which is skipped).
+        yield from lines.feed(decoder.decode(piece, final=not piece).replace("\r", "\n"))
         if not piece:  # the end of the input
-            if partial:
-                yield b"".join(partial).decode("utf-8", errors="replace")
+            yield from lines.end()
             return
-        *ended, unfinished = piece.split(b"\n")
-        if ended:
-            ended[0] = b"".join((*partial, ended[0]))
-            partial = []
-            yield from (line.decode("utf-8", errors="replace") for line in ended)
-        partial.append(unfinished)
 
 
 def _read_stdin(pieces: "queue.Queue[bytes | OSError]") -> None:
     try:
-        while piece := os.read(sys.stdin.fileno(), 65536):
+        while piece := os.read(sys.stdin.fileno(), READ_SIZE):
             pieces.put(piece)
         pieces.put(b"")
     except OSError as exc:

@@ -1,5 +1,8 @@
 """Seed lists: parsing, normalisation, directories, streaming, and dedupe by the catalogue."""
 
+import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -209,3 +212,119 @@ def test_a_line_with_a_nul_byte_is_a_failed_row_on_either_database(
         ("\ufffd", "failed"),
     ]
     assert "not a usable path" in rows[1].error and "\x00" not in rows[1].error
+
+
+def test_a_leading_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes(b"\xef\xbb\xbfhttps://example.com/a.jpg\r\nhttps://example.com/b.jpg\r\n")
+    assert [seed.url for seed in iter_seeds(seeds)] == [
+        "https://example.com/a.jpg",
+        "https://example.com/b.jpg",
+    ]
+    given = ["\ufeffhttps://example.com/a.jpg"]  # a list read from such a file
+    assert [seed.url for seed in iter_seeds(given)] == ["https://example.com/a.jpg"]
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        "javascript:alert(1)",
+        "JavaScript:void(0)",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "mailto:a@b",
+        "about:blank",
+        "localhost:8080/a.jpg",
+        "urn:isbn:0451450523",
+        "http:a.jpg",  # no host
+    ],
+)
+def test_every_other_scheme_is_a_bad_url_not_a_path(
+    seed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SeedError) as caught:
+        normalise_url(seed)
+    assert caught.value.reason == "bad_url"
+
+
+def test_a_drive_letter_an_existing_file_or_a_colon_inside_is_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "IMG:0001.jpg").write_bytes(b"x")
+    for path in ["c:\\photos\\a.jpg", "C:/photos/a.jpg", "IMG:0001.jpg", "./javascript:x"]:
+        assert normalise_url(path) == (tmp_path / path).resolve().as_uri()
+    assert normalise_url("photos/2024:01:01.jpg") == (tmp_path / "photos/2024:01:01.jpg").as_uri()
+    with pytest.raises(SeedError, match=r"\./IMG:0002\.jpg for a file of that name"):
+        normalise_url("IMG:0002.jpg")  # no such file: a scheme it is
+
+
+def test_a_line_over_the_limit_is_a_bad_seed_never_held_whole(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    with seeds.open("w") as handle:
+        handle.write("https://example.com/a.jpg\nhttps://example.com/")
+        handle.write("x" * 10_000_000)  # 10 MB
+        handle.write("\n#" + "y" * 100_000 + "\nhttps://example.com/b.jpg")
+    tracemalloc.start()
+    try:
+        first, cut, last = iter_seeds(seeds)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    assert (first.url, last.url) == ("https://example.com/a.jpg", "https://example.com/b.jpg")
+    assert cut.reason == "url_too_long"
+    assert cut.url.startswith("https://example.com/xxx")
+    assert cut.url.endswith("x... (cut: a line of 10000020 characters)")
+    assert len(cut.url) < 1100
+    assert cut.problem and len(cut.problem) < 200
+    assert "over 65536 (crawl.max_seed_line_length)" in cut.problem
+
+
+def test_a_line_within_the_limit_is_measured_once_normalised() -> None:
+    fragment = "#" + "f" * 100
+    [seed] = iter_seeds([f"https://example.com/a.jpg{fragment}"], max_url_length=40)
+    assert (seed.url, seed.reason) == ("https://example.com/a.jpg", None)
+    [seed] = iter_seeds(["https://example.com/" + "a" * 50], max_url_length=40)
+    assert seed.reason == "url_too_long"
+    [seed] = iter_seeds(["https://example.com/" + "a" * 50], max_line_length=40)
+    assert (seed.reason, seed.url) == (
+        "url_too_long",
+        f"https://example.com/{'a' * 50}... (cut: a line of 70 characters)",
+    )
+
+
+def test_bad_lines_become_the_rows_they_should(db_url: str, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    with seeds.open("wb") as handle:
+        handle.write(b"\xef\xbb\xbfhttps://example.com/a.jpg\njavascript:alert(1)\n")
+        handle.write(b"https://example.com/" + b"x" * 10_000_000 + b"\n")
+    with open_catalogue(db_url) as catalogue:
+        report = add_seeds(catalogue, iter_seeds(seeds))
+        with catalogue.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(images.c.url, images.c.status, images.c.reason).order_by(images.c.id)
+            ).all()
+    assert report.invalid == {"bad_url": 1, "url_too_long": 1}
+    assert [(row.status, row.reason) for row in rows] == [
+        ("pending", None),
+        ("failed", "bad_url"),
+        ("failed", "url_too_long"),
+    ]
+    assert rows[0].url == "https://example.com/a.jpg"
+    assert rows[1].url == "javascript:alert(1)"
+    assert len(rows[2].url) < 1100
+
+
+def test_standard_input_has_the_same_rules(tmp_path: Path) -> None:
+    database = tmp_path / "c.db"
+    crawler = Path(sys.executable).parent / "crawler"
+    lines = b"\xef\xbb\xbfjavascript:x\r\nhttps://" + b"y" * 10_000_000 + b"\n"
+    finished = subprocess.run(
+        [str(crawler), "--db", str(database), "run", "-", "--json"],
+        input=lines,
+        capture_output=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["by_reason"] == {"bad_url": 1, "url_too_long": 1}
