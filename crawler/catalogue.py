@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The newest migration's revision: the one every catalogue is brought to.
-SCHEMA_HEAD: Final = "0002"
+SCHEMA_HEAD: Final = "0003"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 # Key of the PostgreSQL advisory lock that lets one process at a time run the migrations.

@@ -323,6 +323,7 @@ class _Crawl:
                 final_url=getattr(outcome, "final_url", None),
                 http_status=getattr(outcome, "http_status", None),
                 fetched_at=fetched_at,
+                revalidation=job.validators is not None,
             )
         if outcome.not_modified:
             return _NotModified(job.url)
@@ -343,6 +344,7 @@ class _Crawl:
             metadata=extracted.get("metadata"),
             hash_algorithm=extracted.get("hash_algorithm"),
             warnings=extracted.get("warnings", ()),
+            revalidation=job.validators is not None,
         )
 
     async def _extract(self, pool: ExtractionPool, fetched: Fetched) -> dict[str, Any]:

@@ -109,6 +109,13 @@ images: Final = sa.Table(
     sa.Column("focal_length", sa.Float),
     sa.Column("gps_latitude", sa.Float),
     sa.Column("gps_longitude", sa.Float),
+    # The last revalidation (--refresh) of the stored copy: when, and what it found. A
+    # failed one leaves every column above as it was.
+    sa.Column("checked_at", UTCDateTime),
+    sa.Column("check_status", sa.Text),
+    sa.Column("check_reason", sa.Text),
+    sa.Column("check_error", sa.Text),
+    sa.Column("check_http_status", sa.Integer),
     sa.UniqueConstraint("url_hash", name="uq_images_url_hash"),
     sa.CheckConstraint("status IN ('pending', 'ok', 'failed', 'skipped')", name="ck_images_status"),
     sa.Index("ix_images_status", "status"),

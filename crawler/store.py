@@ -2,7 +2,11 @@
 
 Storing a URL again replaces everything the earlier result said about it (and releases any
 crawler claim on it); only ``id``, the URL's key and host, ``first_seen_at`` and
-``attempts`` are kept. The typed
+``attempts`` are kept. Except for a revalidation that failed (``--refresh`` of a stored
+copy found an error, a robots.txt refusal or bytes it cannot decode): that never erases
+good data. The row keeps its copy, metadata and status, and only its check columns
+(``checked_at``, ``check_status``, ``check_reason``, ``check_error``,
+``check_http_status``) record what happened. The typed
 columns, the pHash chunks and the flattened EXIF are derived here from the metadata object.
 The object itself is kept twice: as JSON text in ``metadata_json``, exactly as extracted, for
 reading it back, and in ``metadata`` (JSONB on PostgreSQL) for SQL queries.
@@ -34,6 +38,14 @@ _KEPT_ON_UPDATE: Final = frozenset({"id", "url", "url_hash", "host", "first_seen
 _NUL: Final = "\x00"
 _NUL_STAND_IN: Final = "\ufffd"
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# What the last revalidation of a stored copy found.
+_CHECK_COLUMNS: Final = (
+    "checked_at",
+    "check_status",
+    "check_reason",
+    "check_error",
+    "check_http_status",
+)
 
 
 @dataclass
@@ -54,6 +66,12 @@ class CrawlResult:
     metadata: dict[str, Any] | None = None
     hash_algorithm: str | None = None
     warnings: Sequence[str] = ()
+    revalidation: bool = False  # the row had a stored copy, which this fetch checked
+
+    @property
+    def keeps_copy(self) -> bool:
+        """Whether storing it leaves the stored copy alone: a revalidation that failed."""
+        return self.revalidation and self.status != "ok"
 
 
 def store_results(catalogue: Catalogue, results: Sequence[CrawlResult]) -> None:
@@ -62,11 +80,18 @@ def store_results(catalogue: Catalogue, results: Sequence[CrawlResult]) -> None:
         return
     now = datetime.now(UTC)
     keep_nul = catalogue.dialect != "postgresql"
-    rows = [_keyed(_storable(result_row(result, now), keep_nul)) for result in results]
+    rows = [
+        _keyed(_storable(result_row(result, now), keep_nul))
+        for result in results
+        if not result.keeps_copy
+    ]
+    checks = [_storable(_failed_check(result, now), keep_nul) for result in results]
     statement = _upsert_statement(catalogue.dialect)
     with catalogue.engine.begin() as connection:
         for start in range(0, len(rows), BATCH_SIZE):
             connection.execute(statement, rows[start : start + BATCH_SIZE])
+        if failed_checks := [check for check in checks if check is not None]:
+            connection.execute(_RECORD_FAILED_CHECK, failed_checks)
 
 
 def _keyed(row: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +136,56 @@ def result_row(result: CrawlResult, now: datetime) -> dict[str, Any]:
         "metadata_json": _metadata_json(result.metadata),
         "warnings": "\n".join(result.warnings) or None,
         **exif_columns(metadata.get("exif") or {}),
+        **_check_columns(result, now),
     }
+
+
+def _check_columns(result: CrawlResult, now: datetime) -> dict[str, Any]:
+    """The check columns of a row stored whole: a revalidation that stored the copy it
+    fetched, or none at all (a first fetch, a retry of a failed row)."""
+    if not result.revalidation:
+        return dict.fromkeys(_CHECK_COLUMNS)
+    return {
+        "checked_at": result.fetched_at or now,
+        "check_status": result.status,
+        "check_reason": None,
+        "check_error": None,
+        "check_http_status": result.http_status,
+    }
+
+
+def _failed_check(result: CrawlResult, now: datetime) -> dict[str, Any] | None:
+    """The parameters of ``_RECORD_FAILED_CHECK`` for a failed revalidation, else None."""
+    if not result.keeps_copy:
+        return None
+    return {
+        "key": url_key(result.url),
+        "now": now,
+        "at": result.fetched_at or now,
+        "found": result.status,
+        "why": result.reason,
+        "message": result.error,
+        "answer": result.http_status,
+    }
+
+
+# A failed revalidation: the row is 'pending' while it is refreshed, and it was 'ok' (only a
+# row with metadata is revalidated), so it goes back to 'ok' with everything else as it was.
+_RECORD_FAILED_CHECK: Final = (
+    sa.update(images)
+    .where(images.c.url_hash == sa.bindparam("key"))
+    .values(
+        status="ok",
+        claimed_by=None,
+        claimed_at=None,
+        updated_at=sa.bindparam("now"),
+        checked_at=sa.bindparam("at"),
+        check_status=sa.bindparam("found"),
+        check_reason=sa.bindparam("why"),
+        check_error=sa.bindparam("message"),
+        check_http_status=sa.bindparam("answer"),
+    )
+)
 
 
 def _metadata_json(metadata: dict[str, Any] | None) -> str | None:

@@ -21,7 +21,9 @@ can use it. Routes (NAME is a key of ``files``):
                               (robots.txt answers with ``robots_status``; 302
                               redirects to /real-robots.txt)
 
-``hits`` counts requests per path and query; ``times`` keeps their arrival times.
+``hits`` counts requests per path and query; ``times`` keeps their arrival times. Set
+``image_status`` to make every /img/ request answer that status instead (a host that
+goes bad between two crawls).
 """
 
 import asyncio
@@ -51,6 +53,7 @@ class FaultServer:
         self.image_delay = image_delay
         self.robots_status = robots_status
         self.address = address
+        self.image_status: int | None = None
         self.hits: Counter[str] = Counter()
         self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.base = ""
@@ -122,6 +125,8 @@ class FaultServer:
 
     async def _image(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        if self.image_status is not None:
+            return web.Response(status=self.image_status)
         if name not in self.files:
             raise web.HTTPNotFound()
         etag = f'"{name}-v1"'

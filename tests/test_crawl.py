@@ -191,6 +191,65 @@ def test_reruns_skip_done_retry_failed_and_refresh(
     assert row.metadata == extract(FILES["a.jpg"]).metadata
 
 
+COPY_COLUMNS = ("status", "http_status", "sha256", "width", "metadata_json", "fetched_at")
+
+
+def test_a_failed_refresh_keeps_the_stored_copy_and_records_the_check(
+    db_url: str, config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    settings = settings_for(config, db_url)
+    local = tmp_path / "local.jpg"
+    local.write_bytes(FILES["a.jpg"])
+    urls = [server.url("/img/a.jpg"), server.url("/img/b.tiff"), local.as_uri()]
+    seeds = write_seeds(tmp_path / "seeds.txt", urls)
+    assert run_crawl(seeds, settings).by_status == {"ok": 3}
+    before = stored_rows(db_url)
+
+    server.image_status = 503  # the host goes bad, and the file goes away
+    local.unlink()
+    refreshed = run_crawl(seeds, settings, options=CrawlOptions(refresh=True))
+
+    assert refreshed.by_reason == {"http_503": 2, "not_found": 1}
+    after = stored_rows(db_url)
+    for url in urls:
+        kept = [getattr(after[url], column) for column in COPY_COLUMNS]
+        assert kept == [getattr(before[url], column) for column in COPY_COLUMNS]
+        assert after[url].status == "ok" and after[url].metadata is not None
+        assert after[url].check_status == "failed"
+        assert after[url].checked_at > before[url].fetched_at
+        assert after[url].claimed_by is None
+    web = after[urls[0]]
+    assert (web.check_reason, web.check_http_status) == ("http_503", 503)
+    assert "HTTP 503" in web.check_error
+    assert (after[urls[2]].check_reason, after[urls[2]].check_http_status) == ("not_found", None)
+
+    server.image_status = None
+    web_seeds = write_seeds(tmp_path / "web.txt", urls[:2])
+    again = run_crawl(web_seeds, settings, options=CrawlOptions(refresh=True))
+    assert again.by_reason == {"not_modified": 2}
+    confirmed = stored_rows(db_url)[urls[0]]
+    assert (confirmed.check_status, confirmed.check_reason) == ("ok", None)
+    assert (confirmed.check_http_status, confirmed.http_status) == (304, 304)
+    assert confirmed.checked_at > web.checked_at
+
+
+def test_retrying_a_failed_image_is_no_revalidation(
+    db_url: str, config: Path, server: FaultServer, tmp_path: Path
+) -> None:
+    settings = settings_for(config, db_url)
+    broken = server.url("/img/broken.jpg")  # served with an ETag, answers 304 on a match
+    seeds = write_seeds(tmp_path / "seeds.txt", [broken])
+    run_crawl(seeds, settings)
+    assert stored_rows(db_url)[broken].sha256 is not None  # of bytes that do not decode
+
+    retried = run_crawl(seeds, settings, options=CrawlOptions(retry_failed=True))
+
+    row = stored_rows(db_url)[broken]
+    assert retried.by_reason == {"undecodable": 1}  # fetched again, not "not modified"
+    assert (row.status, row.reason, row.http_status) == ("failed", "undecodable", 200)
+    assert row.checked_at is None
+
+
 def crawl_command(config: Path, db_url: str, seeds: Path, *extra: str) -> list[str]:
     return [str(CRAWLER), "--config", str(config), "--db", db_url, "run", str(seeds), *extra]
 

@@ -144,6 +144,44 @@ def test_a_host_given_up_fails_the_rows_nobody_holds(db_url: str, tmp_path: Path
         assert released == 2
 
 
+def test_a_host_given_up_during_a_refresh_keeps_its_stored_copies(
+    db_url: str, tmp_path: Path
+) -> None:
+    urls = [f"https://a.test/{n}.jpg" for n in range(2)]
+    with open_catalogue(db_url) as catalogue:
+        seed(catalogue, tmp_path, urls)
+        with catalogue.engine.begin() as connection:  # the first was crawled, and requeued
+            connection.execute(
+                sa.update(images)
+                .where(images.c.url == urls[0])
+                .values(metadata_json='{"format": "jpg"}', format="jpg", sha256="ab" * 32)
+            )
+        crawler = lease(catalogue, "crawler")
+        acquire_hosts(catalogue, crawler.id, 1, crawler.live_since())
+        now = crawler.clock.now()
+        failed = give_up_host(
+            catalogue,
+            crawler.id,
+            "a.test",
+            state(crawler),
+            reason="connection_error",
+            error="down",
+            now=now,
+            live_since=crawler.live_since(now),
+        )
+        with catalogue.engine.connect() as connection:
+            rows = {row.url: row for row in connection.execute(sa.select(images))}
+    assert failed == 2
+    kept, new = rows[urls[0]], rows[urls[1]]
+    assert (kept.status, kept.reason, kept.sha256, kept.fetched_at) == ("ok", None, "ab" * 32, None)
+    assert (kept.check_status, kept.check_reason, kept.checked_at) == (
+        "failed",
+        "connection_error",
+        now,
+    )
+    assert (new.status, new.reason, new.check_status) == ("failed", "connection_error", None)
+
+
 def test_the_migration_keys_and_schedules_a_catalogue_of_the_first_schema(
     db_url: str,
 ) -> None:

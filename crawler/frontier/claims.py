@@ -90,12 +90,20 @@ def _claim_host_rows(
         .where(images.c.id.in_(claimable))
         .values(claimed_by=crawler_id, claimed_at=now, attempts=images.c.attempts + 1)
         .returning(
-            images.c.id, images.c.url, images.c.etag, images.c.last_modified, images.c.sha256
+            images.c.id,
+            images.c.url,
+            images.c.etag,
+            images.c.last_modified,
+            # A stored copy is a good one, with metadata (so a format): a failed row's
+            # sha256, of bytes that would not decode, is no copy to revalidate, and a 304
+            # must not make it ok. (Not "metadata_json IS NOT NULL": SQLite 3.40 gets such
+            # an expression wrong in RETURNING on this table.)
+            images.c.format,
         )
     )
     rows = sorted(connection.execute(statement).all(), key=lambda row: row.id)
     return [
-        Claim(row.url, host, Validators(row.etag, row.last_modified) if row.sha256 else None)
+        Claim(row.url, host, Validators(row.etag, row.last_modified) if row.format else None)
         for row in rows
     ]
 
@@ -127,25 +135,27 @@ def fail_unheld_rows(
 ) -> int:
     """Fail every pending row of ``host`` that no live crawler holds (the host is down, or
     its robots.txt stayed unavailable); returns how many. Rows a crawler holds fail with
-    its own results."""
-    statement = (
-        sa.update(images)
-        .where(
-            images.c.host == host,
-            images.c.status == "pending",
-            sa.not_(held_by_live_crawler(images.c.claimed_by, live_since)),
-        )
-        .values(
-            status="failed",
-            reason=reason,
-            error=error,
-            claimed_by=None,
-            claimed_at=None,
-            fetched_at=now,
-            updated_at=now,
-        )
+    its own results. A row being refreshed keeps its stored copy and goes back to ok, with
+    the failed check in its check columns, as ``crawler.store`` records a failed one."""
+    unheld = sa.update(images).where(
+        images.c.host == host,
+        images.c.status == "pending",
+        sa.not_(held_by_live_crawler(images.c.claimed_by, live_since)),
     )
-    return connection.execute(statement).rowcount
+    released = {"claimed_by": None, "claimed_at": None, "updated_at": now}
+    checked = unheld.where(images.c.metadata_json.is_not(None)).values(
+        status="ok",
+        checked_at=now,
+        check_status="failed",
+        check_reason=reason,
+        check_error=error,
+        check_http_status=None,
+        **released,
+    )
+    failed = unheld.where(images.c.metadata_json.is_(None)).values(
+        status="failed", reason=reason, error=error, fetched_at=now, **released
+    )
+    return connection.execute(checked).rowcount + connection.execute(failed).rowcount
 
 
 def count_pending(catalogue: Catalogue, crawler_id: str | None = None) -> int:
@@ -176,6 +186,11 @@ def mark_not_modified(catalogue: Catalogue, urls: Sequence[str], checked_at: dat
             updated_at=checked_at,
             claimed_by=None,
             claimed_at=None,
+            checked_at=checked_at,
+            check_status="ok",
+            check_reason=None,
+            check_error=None,
+            check_http_status=304,
         )
     )
     with catalogue.engine.begin() as connection:
