@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SCHEMA_HEAD: Final = "0003"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+POSTGRESQL_CONNECT_TIMEOUT: Final = 10  # seconds
 # Key of the PostgreSQL advisory lock that lets one process at a time run the migrations.
 MIGRATION_LOCK_KEY: Final = 0x6372_6177_6C65_72  # "crawler"
 POSTGRESQL_EXTRA_HINT: Final = "pip install 'image-metadata-crawler[postgresql]'"
@@ -99,8 +100,11 @@ def create_catalogue_engine(url: str) -> sa.Engine:
     the ``hamming(a, b)`` function that near-duplicate search needs."""
     parsed = database_url(url)
     # JIT compilation costs 10-15 ms a query (measured at 10M rows), more than it ever saves on
-    # the catalogue's index lookups; PostgreSQL turns it on by a cost estimate.
-    options = {"options": "-c jit=off"} if parsed.get_backend_name() == "postgresql" else {}
+    # the catalogue's index lookups; PostgreSQL turns it on by a cost estimate. A server that
+    # does not answer at all must not hold a connection attempt for the kernel's minutes.
+    options: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        options = {"options": "-c jit=off", "connect_timeout": POSTGRESQL_CONNECT_TIMEOUT}
     try:
         engine = sa.create_engine(parsed, connect_args=options)
     except ImportError as exc:

@@ -9,10 +9,15 @@ Teredo) or in the legacy IPv4 spellings that ``inet_aton`` accepts (``2130706433
 the addresses it checked, so the address that was checked is the one connected to.
 
 ``serve.allow_hosts`` exempts host names, addresses and networks (optionally with a port) from
-the policy; it exists for tests and trusted internal deployments.
+the policy; it exists for tests and trusted internal deployments. Each entry is checked when
+the server starts (a bad one is an error that names it), and entries that together cover
+every address (``0.0.0.0/0``, ``::/0``, every IPv4 address in an IPv6 form such as
+``::ffff:0:0/96``) are refused unless ``serve.allow_all_hosts`` says that is meant: they
+switch the policy off.
 """
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -139,12 +144,20 @@ class _AllowedNetwork:
 
 
 class AddressPolicy:
-    """The address policy with its allow-list (``serve.allow_hosts``) of exemptions."""
+    """The address policy with its allow-list (``serve.allow_hosts``) of exemptions; one that
+    covers every address is refused unless ``allow_all``."""
 
-    def __init__(self, allow_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, allow_hosts: Iterable[str] = (), *, allow_all: bool = False) -> None:
+        allow_hosts = list(allow_hosts)
         entries = [_parse_allow_entry(entry) for entry in allow_hosts]
         self._names = [entry for entry in entries if isinstance(entry, _AllowedName)]
         self._networks = [entry for entry in entries if isinstance(entry, _AllowedNetwork)]
+        covered = _covers_everything([e.network for e in self._networks if e.port is None])
+        if covered and not allow_all:
+            raise ConfigError(
+                f"serve.allow_hosts: {allow_hosts} allows {covered}, which switches the "
+                "address policy off; set serve.allow_all_hosts = true if that is meant"
+            )
 
     def name_allowed(self, host: str, port: int | None) -> bool:
         """Whether the allow-list names ``host`` itself (so every address it resolves to)."""
@@ -190,27 +203,81 @@ def _normalise_name(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
+# Where every IPv4 address has an IPv6 spelling the policy reads as that IPv4 address.
+_IPV4_IN_IPV6 = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+    _NAT64_WELL_KNOWN,
+    ipaddress.IPv6Network("2002::/16"),  # 6to4
+    ipaddress.IPv6Network("2001::/32"),  # Teredo
+)
+_HOST_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?"
+)
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _covers_everything(networks: Iterable[IPNetwork]) -> str | None:
+    """What of the address space ``networks`` cover whole, or None if no family."""
+    ipv4 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 4))
+    ipv6 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 6))
+    if any(network.prefixlen == 0 for network in ipv4):
+        return "every IPv4 address"
+    if any(network.prefixlen == 0 for network in ipv6):
+        return "every IPv6 address"
+    for form in _IPV4_IN_IPV6:
+        if any(form.subnet_of(network) for network in ipv6):
+            return f"every IPv4 address (in the IPv6 form {form})"
+    return None
+
+
 def _parse_allow_entry(entry: str) -> _AllowedName | _AllowedNetwork:
+    """One ``serve.allow_hosts`` entry: a network (``10.20.0.0/16``), an address (any
+    spelling ``parse_ip`` reads, ``[v6]``), a host name, either of the last two with a
+    ``:port``."""
     text = entry.strip()
+    if not text:
+        raise ConfigError("serve.allow_hosts: an entry is empty")
     if "/" in text:
         try:
             return _AllowedNetwork(ipaddress.ip_network(text, strict=False), None)
         except ValueError:
-            raise ConfigError(f"serve.allow_hosts: {entry!r} is not a network") from None
+            raise ConfigError(
+                f"serve.allow_hosts: {entry!r} is not a network (such as 10.20.0.0/16)"
+            ) from None
     address = parse_ip(text)
     if address is not None:
         return _AllowedNetwork(ipaddress.ip_network(address), None)
-    try:
-        url = URL(f"http://{text}")
-        host, port = url.raw_host, url.explicit_port
-    except ValueError:
-        host, port = None, None
-    if not host:
-        raise ConfigError(f"serve.allow_hosts: {entry!r} is not a host, host:port or network")
+    host, port = _split_port(entry, text)
     address = parse_ip(host)
     if address is not None:
         return _AllowedNetwork(ipaddress.ip_network(address), port)
-    return _AllowedName(_normalise_name(host), port)
+    if host.startswith("["):
+        raise ConfigError(f"serve.allow_hosts: {entry!r}: {host} is not an IPv6 address")
+    return _AllowedName(_host_name(entry, host), port)
+
+
+def _split_port(entry: str, text: str) -> tuple[str, int | None]:
+    """``text`` as host and port (None without one)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or (":" in host and not host.endswith("]")):
+        return text, None
+    if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ConfigError(f"serve.allow_hosts: {entry!r}: the port must be 1..65535")
+    return host, int(port)
+
+
+def _host_name(entry: str, host: str) -> str:
+    """``host`` as the resolver will be asked for it: IDNA, lower case, no final dot."""
+    try:
+        name = host.encode("idna").decode("ascii").lower()
+        name.encode("ascii").decode("idna")  # invalid punycode ("xn--a") fails here
+    except UnicodeError:
+        name = ""
+    if not _HOST_NAME.fullmatch(name) or len(name) > 253:
+        raise ConfigError(
+            f"serve.allow_hosts: {entry!r} is not a host name, address, host:port or network"
+        )
+    return _normalise_name(name)
 
 
 class PolicyResolver(AbstractResolver):

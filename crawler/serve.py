@@ -7,6 +7,11 @@ crawler's fetcher under the address policy of ``crawler.netpolicy`` (on every re
 through a resolver that returns only checked addresses). Images are extracted in the crawl's
 extraction processes, started on the first request that needs them: a decoder that crashes
 or loops on a hostile image costs that request, not the server.
+
+The server holds up against clients and its database: its connections are limited in number
+and in how long they may wait (``crawler.serve_connections``), failed authentications are
+throttled per client, and while the catalogue's database is unreachable the requests that
+need it get 503 with Retry-After, until it is back (no restart).
 """
 
 import asyncio
@@ -17,21 +22,23 @@ import functools
 import hmac
 import ipaddress
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+import sqlalchemy as sa
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from crawler import hashes
-from crawler.catalogue import Catalogue, open_catalogue
+from crawler.catalogue import Catalogue, database_problem, open_catalogue
 from crawler.config import ServeSettings, Settings
 from crawler.downloader import Downloads
 from crawler.duplicates import DuplicateGroup, duplicates
@@ -44,6 +51,7 @@ from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_
 from crawler.output import to_json
 from crawler.query import ImageNotFoundError, show, similar
 from crawler.seeds import SeedError, normalise_url
+from crawler.serve_connections import GuardedSite, connection_limits, track_requests
 from crawler.store import CrawlResult, store_results
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,11 @@ DEFAULT_GROUPS_LIMIT = 100
 MAX_DUPLICATE_DISTANCE = 16
 DUPLICATES_TTL_SECONDS = 60.0
 PUBLIC_PATHS = frozenset({"/openapi.json"})
+# An API key is a password that anyone who reaches the server may guess at: 16 characters
+# of a URL-safe alphabet are 96 bits, and failed guesses are throttled per client.
+MIN_API_KEY_LENGTH = 16
+CATALOGUE_RETRY_SECONDS = 2.0  # while the database is away: no request tries it for this long
+MAX_TRACKED_CLIENTS = 100_000  # rate-limit buckets kept; full ones are dropped first
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,6 +83,8 @@ HELP = {
     415: "The URL must point to a JPEG, PNG, GIF, WebP, TIFF, HEIF, AVIF or BMP image.",
     422: "The image's bytes could not be decoded; open the URL in an image viewer to check it.",
     429: "Too many requests for this key: wait Retry-After seconds (serve.rate_limit_per_minute).",
+    503: "The server cannot reach its catalogue, or has too many connections; retry after "
+    "Retry-After seconds.",
     502: "The image's server failed or refused; check the URL in a browser.",
     504: "The image's server did not answer within crawl.timeouts.",
 }
@@ -80,6 +95,8 @@ HELP_BY_REASON = {
     "extract_timeout": "The image took longer than crawl.extract_timeout seconds to decode.",
     "extract_crashed": "The image crashed its decoder; open the URL in an image viewer to "
     "check it.",
+    "auth_throttled": "Too many failed authentications from your address: wait Retry-After "
+    "seconds, then send a valid key (serve.auth_failures_per_minute).",
 }
 DEFAULT_HELP = "See /openapi.json for the API's endpoints and parameters."
 SECURITY_HEADERS = {
@@ -122,26 +139,116 @@ class RateLimitedError(ApiError):
     reason = "rate_limited"
 
 
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` requests a minute, in bursts of that many."""
+class AuthThrottledError(RateLimitedError):
+    reason = "auth_throttled"
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+
+class CatalogueUnavailableError(ApiError):
+    status = 503
+    reason = "catalogue_unavailable"
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests a minute, in bursts of that many.
+
+    At most ``max_clients`` buckets are kept: past that, the full ones (clients quiet long
+    enough to have refilled) are forgotten, then the oldest."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = MAX_TRACKED_CLIENTS,
+    ) -> None:
         self._capacity = float(per_minute)
         self._per_second = per_minute / 60
         self._clock = clock
+        self._max_clients = max_clients
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def wait_needed(self, client: str) -> float:
-        """Take one request from ``client``'s bucket: 0 if it may go now, else the seconds
-        until it may."""
+    def wait_needed(self, client: str, *, spend: bool = True) -> float:
+        """0 if ``client`` may go now (taking one request from its bucket if ``spend``),
+        else the seconds until it may."""
         now = self._clock()
-        tokens, since = self._buckets.get(client, (self._capacity, now))
-        tokens = min(self._capacity, tokens + (now - since) * self._per_second)
+        tokens = self._tokens(client, now)
         if tokens >= 1:
-            self._buckets[client] = (tokens - 1, now)
+            if spend:
+                self._keep(client, tokens - 1, now)
             return 0.0
-        self._buckets[client] = (tokens, now)
+        self._keep(client, tokens, now)
         return (1 - tokens) / self._per_second
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, since = self._buckets.get(client, (self._capacity, now))
+        return min(self._capacity, tokens + (now - since) * self._per_second)
+
+    def _keep(self, client: str, tokens: float, now: float) -> None:
+        self._buckets[client] = (tokens, now)
+        if len(self._buckets) > self._max_clients:
+            full = [name for name in self._buckets if self._tokens(name, now) >= self._capacity]
+            for name in full:
+                del self._buckets[name]
+            while len(self._buckets) > self._max_clients:
+                del self._buckets[next(iter(self._buckets))]
+
+
+class CatalogueCalls:
+    """The handlers' catalogue work, run in threads, with the database's outages turned into
+    503 answers: after a failure that says the database is away (unreachable, restarting,
+    locked past the busy timeout), requests get 503 at once for ``retry_seconds``, then the
+    next one tries it again. Nothing is restarted: the connection pool makes new
+    connections once the database answers."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        retry_seconds: float = CATALOGUE_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalogue = catalogue
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._retry_at: float | None = None  # while the database is away
+
+    async def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``function(catalogue, *args, **kwargs)`` in a thread."""
+        if self._retry_at is not None and (wait := self._retry_at - self._clock()) > 0:
+            raise self._unavailable(wait, "is unreachable")
+        try:
+            result = await asyncio.to_thread(function, self.catalogue, *args, **kwargs)
+        except sa.exc.SQLAlchemyError as exc:
+            if not _database_away(exc):
+                raise
+            if self._retry_at is None:
+                log.warning(
+                    "the catalogue is unreachable (%s); requests that need it get 503 "
+                    "until it is back",
+                    database_problem(exc),
+                )
+            self._retry_at = self._clock() + self._retry_seconds
+            raise self._unavailable(self._retry_seconds, "is unreachable") from None
+        if self._retry_at is not None:
+            log.warning("the catalogue is reachable again")
+            self._retry_at = None
+        return result
+
+    def _unavailable(self, wait: float, problem: str) -> CatalogueUnavailableError:
+        seconds = max(1, math.ceil(wait))
+        return CatalogueUnavailableError(
+            f"the catalogue {problem}; retry in {seconds} s", {hdrs.RETRY_AFTER: str(seconds)}
+        )
+
+
+def _database_away(exc: sa.exc.SQLAlchemyError) -> bool:
+    """Whether ``exc`` says the database is away for now (a lost or refused connection, a
+    server shutting down, SQLite busy past its timeout), not that the request is wrong."""
+    away = (
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        sa.exc.DisconnectionError,
+        sa.exc.TimeoutError,  # no pooled connection came free
+    )
+    return isinstance(exc, away) or bool(getattr(exc, "connection_invalidated", False))
 
 
 class DuplicatesCache:
@@ -262,9 +369,10 @@ class Services:
     """What the handlers share, opened when the server starts and closed when it stops."""
 
     settings: Settings
-    catalogue: Catalogue
+    catalogue: CatalogueCalls
     upstream: UpstreamFetcher
     limiter: RateLimiter
+    auth_failures: RateLimiter
     duplicates: DuplicatesCache
 
 
@@ -273,9 +381,12 @@ SERVICES = web.AppKey("services", Services)
 
 def create_app(settings: Settings, *, resolver: AbstractResolver | None = None) -> web.Application:
     """The API application. ``resolver`` replaces the system's DNS (tests use a fixed table);
-    the address policy filters its answers either way."""
-    policy = AddressPolicy(settings.serve.allow_hosts)
-    app = web.Application(middlewares=[_error_middleware, _auth_and_rate_middleware])
+    the address policy filters its answers either way. Raises ``ConfigError`` for serve
+    settings it cannot serve with (``check_serve_settings``)."""
+    policy = check_serve_settings(settings.serve)
+    app = web.Application(
+        middlewares=[track_requests, _error_middleware, _auth_and_rate_middleware]
+    )
     app.cleanup_ctx.append(_services_context(settings, policy, resolver))
     app.router.add_get("/", _index_page)
     app.router.add_get("/openapi.json", _openapi)
@@ -284,7 +395,7 @@ def create_app(settings: Settings, *, resolver: AbstractResolver | None = None) 
     app.router.add_get("/v1/similar", _similar)
     app.router.add_get("/v1/phash-distance", _phash_distance)
     app.router.add_get("/v1/duplicates", _duplicates)
-    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/static/{name}", _static_file)
     app.on_response_prepare.append(_add_security_headers)
     return app
 
@@ -296,25 +407,49 @@ def _services_context(
         catalogue = await asyncio.to_thread(
             functools.partial(open_catalogue, settings.database.url, create=False)
         )
+        calls = CatalogueCalls(catalogue)
         pinned = PolicyResolver(policy, resolver)  # needs the running loop
         try:
             async with UpstreamFetcher(settings, policy, pinned) as upstream:
-                limiter = RateLimiter(settings.serve.rate_limit_per_minute)
+                serve = settings.serve
                 algorithm = settings.extract.hash_algorithm
 
                 async def grouping(max_distance: int) -> list[DuplicateGroup]:
-                    return await asyncio.to_thread(
-                        duplicates, catalogue, max_distance, algorithm=algorithm
-                    )
+                    return await calls.run(duplicates, max_distance, algorithm=algorithm)
 
-                groups = DuplicatesCache(grouping)
-                app[SERVICES] = Services(settings, catalogue, upstream, limiter, groups)
+                app[SERVICES] = Services(
+                    settings,
+                    calls,
+                    upstream,
+                    RateLimiter(serve.rate_limit_per_minute),
+                    RateLimiter(serve.auth_failures_per_minute),
+                    DuplicatesCache(grouping),
+                )
                 yield
         finally:
             await pinned.close()
             await asyncio.to_thread(catalogue.close)
 
     return services
+
+
+def check_serve_settings(serve: ServeSettings) -> AddressPolicy:
+    """Refuse API keys that are too easy to guess or cannot be sent, and a bad allow-list;
+    returns the address policy of ``serve.allow_hosts``."""
+    for position, key in enumerate(serve.api_keys):
+        where = f"serve.api_keys[{position}]"  # never the key itself: it is a secret
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                f"{where}: {len(key)} characters, at least {MIN_API_KEY_LENGTH} are needed "
+                "(a key is a password anyone who reaches the server can guess at); "
+                'make one with python -c "import secrets; print(secrets.token_urlsafe())"'
+            )
+        if ":" in key or not key.isprintable() or any(c.isspace() for c in key):
+            raise ConfigError(
+                f"{where}: spaces, control characters and ':' cannot be sent as an HTTP "
+                "Basic user name"
+            )
+    return AddressPolicy(serve.allow_hosts, allow_all=serve.allow_all_hosts)
 
 
 def check_listen_address(serve: ServeSettings) -> None:
@@ -341,32 +476,58 @@ def run_server(settings: Settings, on_listening: Callable[[str], None] | None = 
     """Serve the API on ``serve.host``:``serve.port`` until SIGINT or SIGTERM.
 
     The catalogue is opened and the socket bound first; then ``on_listening`` is called with
-    the server's URL. Every problem before that (a refused address, no catalogue, the port
-    taken) raises a ``CrawlerError`` with a one-line message, and nothing was announced."""
+    the server's URL. Every problem before that (a refused address or key, no catalogue, the
+    port taken) raises a ``CrawlerError`` with a one-line message, and nothing was
+    announced."""
     check_listen_address(settings.serve)
     asyncio.run(_serve(settings, on_listening or (lambda _url: None)))
 
 
 async def _serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
-    runner = web.AppRunner(create_app(settings), access_log=log)
+    async with listening(settings, access_log=log) as site:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_log_loop_error)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stopped.set)
+        on_listening(site.url)
+        await stopped.wait()
+
+
+@asynccontextmanager
+async def listening(
+    settings: Settings,
+    *,
+    resolver: AbstractResolver | None = None,
+    access_log: logging.Logger | None = None,
+) -> AsyncIterator[GuardedSite]:
+    """The API listening on ``serve.host``:``serve.port`` (0: a free port) under its
+    connection limits, until the block ends; yields the site (``site.url``)."""
+    limits = connection_limits(settings.serve)
+    runner = web.AppRunner(create_app(settings, resolver=resolver), access_log=access_log)
     try:
         await runner.setup()  # opens the catalogue
         host, port = settings.serve.host, settings.serve.port
+        site = GuardedSite(runner, host, port, limits, error_response, access_log)
         try:
-            await web.TCPSite(runner, host, port).start()
+            await site.start()
         except OSError as exc:
             raise ConfigError(
                 f"serve.host, serve.port: cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        stopped = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(number, stopped.set)
-        shown_host = f"[{host}]" if ":" in host else host
-        on_listening(f"http://{shown_host}:{port}/")
-        await stopped.wait()
+        yield site
     finally:
         await runner.cleanup()
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """One line for an operating system error the loop met (an accept that failed for want
+    of descriptors, say), not a traceback each time; anything else as asyncio logs it."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError):
+        log.warning("%s: %s", context.get("message", "server error"), exc)
+    else:
+        loop.default_exception_handler(context)
 
 
 # Middleware
@@ -375,9 +536,11 @@ async def _serve(settings: Settings, on_listening: Callable[[str], None]) -> Non
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None, reason: str = ""
 ) -> web.Response:
-    """The API's JSON error body, ImageKit style."""
+    """The API's JSON error body, ImageKit style (with the security headers: the errors the
+    HTTP layer answers by itself pass no response hook)."""
     help_text = HELP_BY_REASON.get(reason) or HELP.get(status, DEFAULT_HELP)
     body = {"message": message, "help": help_text}
+    headers = SECURITY_HEADERS | (headers or {})
     return web.json_response(body, status=status, headers=headers, dumps=to_json)
 
 
@@ -408,7 +571,7 @@ async def _auth_and_rate_middleware(request: web.Request, handler: Handler) -> w
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     services = request.app[SERVICES]
-    client = _authenticated_client(request, services.settings.serve.api_keys)
+    client = _authenticated_client(request, services)
     wait = services.limiter.wait_needed(client)
     if wait > 0:
         seconds = max(1, round(wait + 0.5))
@@ -420,22 +583,48 @@ async def _auth_and_rate_middleware(request: web.Request, handler: Handler) -> w
     return await handler(request)
 
 
-def _authenticated_client(request: web.Request, api_keys: tuple[str, ...]) -> str:
-    """Who is asking: the API key's position among the keys, or the peer address without keys."""
+def _authenticated_client(request: web.Request, services: Services) -> str:
+    """Who is asking: the API key's position among the keys, or the peer address without
+    keys. A client (an address; IPv6: its /64) whose failed authentications used up
+    ``serve.auth_failures_per_minute`` gets 429, whatever it sends, until they refill."""
+    api_keys = services.settings.serve.api_keys
+    peer = _client_network(request.remote)
     if not api_keys:
-        return f"address {request.remote}"
+        return f"address {peer}"
+    if (wait := services.auth_failures.wait_needed(peer, spend=False)) > 0:
+        seconds = max(1, math.ceil(wait))
+        raise AuthThrottledError(
+            f"too many failed authentications from {peer}; retry in {seconds} s",
+            {hdrs.RETRY_AFTER: str(seconds)},
+        )
     challenge: dict[str, str] = {hdrs.WWW_AUTHENTICATE: 'Basic realm="crawler", charset="UTF-8"'}
     header = request.headers.get(hdrs.AUTHORIZATION)
-    if header is None:
+    if header is None:  # a browser's first request: no guess, nothing counted
         raise UnauthorizedError("an API key is required", challenge)
     login = _basic_auth_login(header)
     if login is None:
+        services.auth_failures.wait_needed(peer)
         raise UnauthorizedError("the Authorization header is not HTTP Basic", challenge)
     # Compare with every key in constant time, so timing tells nothing about a key's prefix.
     matches = [hmac.compare_digest(login.encode(), key.encode()) for key in api_keys]
     if not any(matches):
+        services.auth_failures.wait_needed(peer)
         raise UnauthorizedError("unknown API key", challenge)
     return f"key {matches.index(True)}"
+
+
+def _client_network(remote: str | None) -> str:
+    """The client that limits count against: its address, or for IPv6 its /64 (one machine
+    is often given a whole /64)."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _basic_auth_login(header: str) -> str | None:
@@ -505,7 +694,7 @@ async def _metadata_from_url(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fetched, extraction, sha256 = await services.upstream.extract_url(url)
     if store:
-        await asyncio.to_thread(store_fetched, services.catalogue, fetched, extraction, sha256)
+        await services.catalogue.run(store_fetched, fetched, extraction, sha256)
         services.duplicates.invalidate()
     return _json(extraction.metadata)
 
@@ -517,10 +706,11 @@ async def _stored_metadata(request: web.Request) -> web.Response:
         raise NotFoundError(f"no image with id {text!r}: ids are positive integers")
     services = request.app[SERVICES]
     try:
-        metadata = await asyncio.to_thread(show, services.catalogue, int(text))
+        metadata = await services.catalogue.run(show, int(text))
     except ImageNotFoundError as exc:
         # Clients need not know where the catalogue lives.
-        raise NotFoundError(str(exc).replace(f" at {services.catalogue.url}", "")) from None
+        where = f" at {services.catalogue.catalogue.url}"
+        raise NotFoundError(str(exc).replace(where, "")) from None
     return _json(metadata)
 
 
@@ -530,9 +720,8 @@ async def _similar(request: web.Request) -> web.Response:
     max_distance = _int_param(request, "max_distance", DEFAULT_MAX_DISTANCE, 0, 64)
     limit = _int_param(request, "limit", DEFAULT_SIMILAR_LIMIT, 1, MAX_LIMIT)
     services = request.app[SERVICES]
-    rows = await asyncio.to_thread(
+    rows = await services.catalogue.run(
         similar,
-        services.catalogue,
         hash_hex,
         max_distance,
         limit,
@@ -581,6 +770,20 @@ def _group_json(group: DuplicateGroup) -> dict[str, Any]:
 
 async def _openapi(request: web.Request) -> web.FileResponse:
     return web.FileResponse(OPENAPI_PATH, headers={hdrs.CONTENT_TYPE: "application/json"})
+
+
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json"}
+
+
+async def _static_file(request: web.Request) -> web.FileResponse:
+    """``GET /static/NAME``: the page's scripts and styles. (aiohttp's static route answers a
+    missing file with an empty 404 of its own, past the JSON error middleware.)"""
+    name = request.match_info["name"]
+    content_type = STATIC_TYPES.get(Path(name).suffix)
+    path = STATIC_DIR / name
+    if content_type is None or "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFoundError(f"no file {name!r} here")
+    return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: f"{content_type}; charset=utf-8"})
 
 
 async def _index_page(request: web.Request) -> web.FileResponse:

@@ -93,7 +93,10 @@ def api_settings(
     rate_limit_per_minute: int = 10_000,
     max_upstream_fetches: int = 4,
     extract_timeout: float = 60.0,
+    **serve: object,
 ) -> Settings:
+    """Test settings: short timeouts, small images; ``serve`` sets more serve settings
+    (``port=0`` listens on a free port)."""
     return Settings(
         database=DatabaseSettings(url=database_url),
         crawl=CrawlSettings(
@@ -108,6 +111,7 @@ def api_settings(
             api_keys=api_keys,
             rate_limit_per_minute=rate_limit_per_minute,
             max_upstream_fetches=max_upstream_fetches,
+            **serve,  # type: ignore[arg-type]
         ),
     )
 

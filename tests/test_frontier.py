@@ -1,7 +1,7 @@
 """The shared frontier in the catalogue, on SQLite and PostgreSQL: leases, hosts, claims,
 and the migration that brings a catalogue of the first schema to it."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -119,23 +119,29 @@ def test_a_host_found_empty_has_work_again_when_seeds_arrive(db_url: str, tmp_pa
         assert hosts_share(catalogue, crawler.live_since()) == (1, 0)
 
 
+def give_up(catalogue: Catalogue, crawler: CrawlerLease, host: str) -> tuple[int, datetime]:
+    """The host is down: how many rows failed, and when."""
+    now = crawler.clock.now()
+    failed = give_up_host(
+        catalogue,
+        crawler.id,
+        host,
+        state(crawler),
+        reason="connection_error",
+        error="down",
+        now=now,
+        live_since=crawler.live_since(now),
+    )
+    return failed, now
+
+
 def test_a_host_given_up_fails_the_rows_nobody_holds(db_url: str, tmp_path: Path) -> None:
     with open_catalogue(db_url) as catalogue:
         seed(catalogue, tmp_path, [f"https://a.test/{n}.jpg" for n in range(5)])
         crawler = lease(catalogue, "crawler")
         acquire_hosts(catalogue, crawler.id, 1, crawler.live_since())
         held = claim(catalogue, crawler, "a.test", 2)
-        now = crawler.clock.now()
-        failed = give_up_host(
-            catalogue,
-            crawler.id,
-            "a.test",
-            state(crawler),
-            reason="connection_error",
-            error="down",
-            now=now,
-            live_since=crawler.live_since(now),
-        )
+        failed, _ = give_up(catalogue, crawler, "a.test")
         with catalogue.engine.connect() as connection:
             statuses = dict(connection.execute(sa.select(images.c.url, images.c.status)).all())
         assert failed == 3
@@ -158,17 +164,7 @@ def test_a_host_given_up_during_a_refresh_keeps_its_stored_copies(
             )
         crawler = lease(catalogue, "crawler")
         acquire_hosts(catalogue, crawler.id, 1, crawler.live_since())
-        now = crawler.clock.now()
-        failed = give_up_host(
-            catalogue,
-            crawler.id,
-            "a.test",
-            state(crawler),
-            reason="connection_error",
-            error="down",
-            now=now,
-            live_since=crawler.live_since(now),
-        )
+        failed, now = give_up(catalogue, crawler, "a.test")
         with catalogue.engine.connect() as connection:
             rows = {row.url: row for row in connection.execute(sa.select(images))}
     assert failed == 2

@@ -139,10 +139,56 @@ def test_allowed_networks_and_names() -> None:
         policy.check_url(URL("http://192.168.0.1/a.jpg"))
 
 
-@pytest.mark.parametrize("entry", ["10.0.0.0/33", "host:notaport", "", "http://x/"])
-def test_bad_allow_list_entries_name_the_setting(entry: str) -> None:
-    with pytest.raises(ConfigError, match=r"serve\.allow_hosts"):
-        AddressPolicy([entry])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "10.0.0.0/33",
+        "host:notaport",
+        "",
+        "   ",
+        "http://x/",
+        "*",
+        "*.internal",
+        "user@images.internal",
+        "exa mple.internal",
+        "xn--a.internal",  # invalid punycode
+        "-images.internal",
+        "images.internal:0",
+        "127.0.0.1:99999",
+        "[images]:80",
+        "a:b:c",
+    ],
+)
+def test_bad_allow_list_entries_name_the_setting_and_the_entry(entry: str) -> None:
+    with pytest.raises(ConfigError, match=r"^serve\.allow_hosts: ") as caught:
+        AddressPolicy(["images.internal", entry])
+    assert repr(entry) in str(caught.value) or "empty" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["0.0.0.0/0"],
+        ["::/0"],
+        ["0.0.0.0/1", "128.0.0.0/1"],
+        ["::ffff:0:0/96"],  # every IPv4 address, mapped
+        ["64:ff9b::/96"],  # every IPv4 address, through NAT64
+        ["2002::/16"],  # every IPv4 address, as 6to4
+        ["::/1"],
+    ],
+)
+def test_an_allow_list_covering_every_address_needs_the_flag(entries: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"switches the address policy off.*allow_all_hosts"):
+        AddressPolicy(entries)
+    AddressPolicy(entries, allow_all=True)
+
+
+def test_with_the_flag_an_allow_list_of_everything_lets_loopback_through() -> None:
+    AddressPolicy(["0.0.0.0/0"], allow_all=True).check_url(URL("http://127.0.0.1/a.jpg"))
+
+
+def test_wide_but_not_total_allow_lists_are_taken() -> None:
+    AddressPolicy(["10.0.0.0/8", "0.0.0.0/1", "fd00::/8", "2002:a00::/24", "0.0.0.0"])
 
 
 TABLE = {

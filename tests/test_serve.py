@@ -37,6 +37,7 @@ IMAGES = {
 }
 ZERO, ONE = "0000000000000000", "0000000000000001"
 KEY = "private_key_0123456789"
+OTHER_KEY = "another_key_0123456789"
 
 
 @dataclass
@@ -359,7 +360,7 @@ async def test_unknown_files_routes_and_methods_are_json_errors(sqlite_url: str)
 
 
 async def test_api_keys_are_required_when_configured(sqlite_url: str) -> None:
-    settings = api_settings(sqlite_url, api_keys=("another-key", KEY))
+    settings = api_settings(sqlite_url, api_keys=(OTHER_KEY, KEY))
     async with api(settings) as anonymous:
         status, body, response = await anonymous.get("/v1/phash-distance", a=ZERO, b=ONE)
         assert_error(status, body, 401, "API key is required")
@@ -383,14 +384,14 @@ async def test_no_keys_means_no_auth(sqlite_url: str) -> None:
 
 
 async def test_rate_limit_is_per_key(sqlite_url: str) -> None:
-    settings = api_settings(sqlite_url, api_keys=(KEY, "second-key"), rate_limit_per_minute=3)
+    settings = api_settings(sqlite_url, api_keys=(KEY, OTHER_KEY), rate_limit_per_minute=3)
     async with api(settings, KEY) as first:
         statuses = [(await first.get("/v1/phash-distance", a=ZERO, b=ONE))[0] for _ in range(3)]
         assert statuses == [200, 200, 200]
         status, body, response = await first.get("/v1/phash-distance", a=ZERO, b=ONE)
         assert_error(status, body, 429, "rate limit of 3 requests a minute")
         assert int(response.headers["Retry-After"]) >= 1
-        async with aiohttp.ClientSession(headers=key_header("second-key")) as other:
+        async with aiohttp.ClientSession(headers=key_header(OTHER_KEY)) as other:
             status, _, _ = await Running(first.url, other).get("/v1/phash-distance", a=ZERO, b=ONE)
     assert status == 200
 
@@ -404,6 +405,27 @@ def test_rate_limiter_refills_at_the_configured_rate() -> None:
     assert limiter.wait_needed("k") == 0.0
     assert limiter.wait_needed("k") == 0.0
     assert limiter.wait_needed("k") > 0
+
+
+def test_rate_limiter_keeps_a_bounded_number_of_clients() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0], max_clients=100)
+    for client in range(1000):
+        limiter.wait_needed(f"address {client}")
+    assert len(limiter._buckets) <= 100
+    assert limiter.wait_needed("address 999", spend=False) == 0.0
+
+
+async def test_the_pages_files_are_served_with_their_types_and_others_are_json_404s(
+    sqlite_url: str,
+) -> None:
+    async with api(api_settings(sqlite_url)) as running:
+        for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+            async with running.client.get(running.url / "static" / name) as response:
+                assert (response.status, response.content_type) == (200, kind)
+        for name in ("missing.js", "..%2Fserve.py", ".hidden.css"):
+            status, body, _ = await running.get(f"/static/{name}")
+            assert_error(status, body, 404, "no file")
 
 
 async def test_upstream_fetches_are_limited(
