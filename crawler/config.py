@@ -212,6 +212,7 @@ def _bounded(settings: Settings) -> dict[str, tuple[float, float]]:
         settings.serve,
     )
     return {
+        "database.outage_timeout": (settings.database.outage_timeout, DAY),
         "crawl.concurrency": (crawl.concurrency, 10_000),
         "crawl.per_host_concurrency": (crawl.per_host_concurrency, 1_000),
         "crawl.per_host_delay": (crawl.per_host_delay, DAY),
@@ -236,6 +237,7 @@ def _bounded(settings: Settings) -> dict[str, tuple[float, float]]:
         "crawl.retries.retry_after_max": (retries.retry_after_max, DAY),
         "crawl.retries.host_failures": (retries.host_failures, 1_000),
         "extract.pixel_limit": (settings.extract.pixel_limit, 10**12),  # a terapixel
+        "extract.memory_limit": (settings.extract.memory_limit, 1 << 40),  # a terabyte
         "serve.port": (serve.port, 65_535),
         "serve.max_upstream_fetches": (serve.max_upstream_fetches, 1_000),
         "serve.rate_limit_per_minute": (serve.rate_limit_per_minute, 1_000_000),

@@ -48,6 +48,7 @@ from crawler.fetch import Fetched
 from crawler.hashes import DEFAULT_MAX_DISTANCE
 from crawler.metadata import Extraction
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
+from crawler.outage import is_transient
 from crawler.output import to_json
 from crawler.query import ImageNotFoundError, show, similar
 from crawler.seeds import SeedError, normalise_url
@@ -194,10 +195,11 @@ class RateLimiter:
 
 class CatalogueCalls:
     """The handlers' catalogue work, run in threads, with the database's outages turned into
-    503 answers: after a failure that says the database is away (unreachable, restarting,
-    locked past the busy timeout), requests get 503 at once for ``retry_seconds``, then the
-    next one tries it again. Nothing is restarted: the connection pool makes new
-    connections once the database answers."""
+    503 answers: after a failure that says the database is away for now
+    (``crawler.outage.is_transient``: unreachable, restarting, locked past the busy
+    timeout), requests get 503 at once for ``retry_seconds``, then the next one tries it
+    again. Nothing is restarted: the connection pool makes new connections once the
+    database answers. (A crawl waits through an outage instead; a request cannot.)"""
 
     def __init__(
         self,
@@ -217,7 +219,8 @@ class CatalogueCalls:
         try:
             result = await asyncio.to_thread(function, self.catalogue, *args, **kwargs)
         except sa.exc.SQLAlchemyError as exc:
-            if not _database_away(exc):
+            # A pool with no connection free is the database too busy to answer, for now.
+            if not (is_transient(exc) or isinstance(exc, sa.exc.TimeoutError)):
                 raise
             if self._retry_at is None:
                 log.warning(
@@ -237,18 +240,6 @@ class CatalogueCalls:
         return CatalogueUnavailableError(
             f"the catalogue {problem}; retry in {seconds} s", {hdrs.RETRY_AFTER: str(seconds)}
         )
-
-
-def _database_away(exc: sa.exc.SQLAlchemyError) -> bool:
-    """Whether ``exc`` says the database is away for now (a lost or refused connection, a
-    server shutting down, SQLite busy past its timeout), not that the request is wrong."""
-    away = (
-        sa.exc.OperationalError,
-        sa.exc.InterfaceError,
-        sa.exc.DisconnectionError,
-        sa.exc.TimeoutError,  # no pooled connection came free
-    )
-    return isinstance(exc, away) or bool(getattr(exc, "connection_invalidated", False))
 
 
 class DuplicatesCache:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import sqlalchemy as sa
 from aiohttp import web
 from yarl import URL
 
@@ -34,8 +33,8 @@ from crawler.extract import extract
 from crawler.serve import check_serve_settings, create_app, listening
 from crawler.serve_connections import GuardedSite
 from crawler.store import CrawlResult, store_results
+from tests.dbproxy import DatabaseProxy
 from tests.serve_support import TEST_HOSTS, api_settings, make_jpeg, serving
-from tests.tcpproxy import TcpProxy
 from tests.test_serve import CLEAN_ENV, KEY, ONE, ZERO, key_header
 
 CRAWLER = Path(sys.executable).parent / "crawler"
@@ -442,11 +441,9 @@ async def test_serve_answers_503_while_postgresql_is_away_and_recovers_by_itself
 ) -> None:
     with open_catalogue(postgres_url) as catalogue:
         store_results(catalogue, [stored_image("https://images.test/a.jpg")])
-    direct = sa.make_url(postgres_url)
-    with TcpProxy(direct.port or 5432, direct.host or "127.0.0.1") as proxy:
-        through_proxy = direct.set(port=proxy.port).render_as_string(hide_password=False)
+    with DatabaseProxy(postgres_url) as proxy:
         async with (
-            api(api_settings(through_proxy, port=0)) as site,
+            api(api_settings(proxy.url, port=0)) as site,
             aiohttp.ClientSession() as client,
         ):
             base = URL(site.url)
@@ -461,7 +458,7 @@ async def test_serve_answers_503_while_postgresql_is_away_and_recovers_by_itself
 
             assert await status_of("/v1/files/1/metadata") == 200
             with caplog.at_level(logging.WARNING):
-                proxy.cut()  # as a restart: every connection dropped, new ones hung up on
+                proxy.cut()  # as a restart: every connection dropped, new ones refused
                 started = time.monotonic()
                 outage = [await status_of("/v1/files/1/metadata") for _ in range(5)]
                 outage.append(await status_of("/v1/duplicates"))
