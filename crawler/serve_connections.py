@@ -194,10 +194,6 @@ class _Guard:
         """A new connection (the protocol factory of ``loop.create_server``)."""
         return _Connection(self, self._server, **self._handler_options)
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
     def opened(self, connection: _Connection) -> None:
         self._open.add(connection)
         if len(self._open) > self._limits.max_connections:  # no room was made: all busy
@@ -336,10 +332,6 @@ class GuardedSite(web.BaseSite):
         """The base URL it listens on, with the port it was given (if it asked for 0)."""
         port = self._listeners[0].getsockname()[1] if self._listeners else self._port
         return str(URL.build(scheme="http", host=self._host, port=port, path="/"))
-
-    @property
-    def open_connections(self) -> int:
-        return self._guard.open_connections
 
     async def start(self) -> None:
         await super().start()
