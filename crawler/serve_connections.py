@@ -9,7 +9,8 @@ traceback in the log. Here:
 - a connection has ``serve.header_timeout`` seconds without a request in progress (from
   connecting, or from its previous answer) to send a whole request line and headers; an
   idle keep-alive connection is closed after the same time;
-- at most ``connection_cap`` connections are open, below the descriptor limit: past it the
+- connections are accepted one at a time, and at most ``serve.max_connections`` are open,
+  lowered to what the descriptor limit leaves (``connection_limits``): past it the
   connection that has waited longest without a request in progress is closed to make
   room, or, when every one has a request running, the new one is answered 503 and closed;
 - a malformed request (a request line or header over 8 KB, a bad method, bad syntax) gets
