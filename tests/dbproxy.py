@@ -40,6 +40,7 @@ class DatabaseProxy:
         self._call(self._cut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones."""
