@@ -190,7 +190,7 @@ class TreeMemory:
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_processes = max(self.peak_processes, len(pids))
             for pid in pids:
-                self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
+                self._cpu[pid] = max(self._cpu.get(pid, 0.0), cpu_seconds(pid))
 
     @property
     def cpu_seconds(self) -> float:
@@ -201,7 +201,7 @@ class TreeMemory:
         return self._cpu.get(self.pid, 0.0)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
@@ -239,11 +239,11 @@ def crawl(seeds: Path, database_url: str, extra: list[str], server_pid: int) -> 
         "--json",
         *extra,
     ]
-    started, server_started = time.perf_counter(), _cpu_seconds(server_pid)
+    started, server_started = time.perf_counter(), cpu_seconds(server_pid)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     with TreeMemory(process.pid) as memory:
         output, _ = process.communicate()
-    wall, server_cpu = time.perf_counter() - started, _cpu_seconds(server_pid) - server_started
+    wall, server_cpu = time.perf_counter() - started, cpu_seconds(server_pid) - server_started
     if process.returncode != 0:
         raise SystemExit(f"crawler run failed with exit code {process.returncode}")
     summary = json.loads(output)
