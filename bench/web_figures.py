@@ -182,12 +182,20 @@ def host_figures(
     return figures
 
 
-def first_try_duplicates(requests: Iterable[Request]) -> tuple[int, int, int]:
-    """URLs served on their first request, those of them requested again, extra requests."""
+def first_try_duplicates(requests: Iterable[Request]) -> dict[str, int]:
+    """URLs served on their first request, and how many of them were requested again."""
     first_try = [tries for tries in per_url(r for r in requests if r.image).values()]
     first_try = [tries for tries in first_try if tries[0].served]
     again = [tries for tries in first_try if len(tries) > 1]
-    return len(first_try), len(again), sum(len(tries) - 1 for tries in again)
+    return {
+        "first_try_served": len(first_try),
+        "first_try_fetched_again": len(again),
+        # by the crawler that had fetched it: its own claim lapsed under it
+        "fetched_again_by_same_crawler": sum(
+            any(r.crawler == tries[0].crawler for r in tries[1:]) for tries in again
+        ),
+        "extra_requests": sum(len(tries) - 1 for tries in again),
+    }
 
 
 def crawler_shares(
@@ -276,7 +284,6 @@ def analyse(
     bounded = {h.address for h in hosts if h.kind not in EXCLUDED}
     end = max((r.end for r in requests if r.host in bounded), default=None)
     makespan = end - begin if begin is not None and end is not None else None
-    first_try, again, extra = first_try_duplicates(requests)
     result: dict[str, Any] = {
         "first_request_at": _round(begin),
         "makespan": _round(makespan),
@@ -285,9 +292,7 @@ def analyse(
         "excluded_from_ideal": {h.kind: EXCLUDED[h.kind] for h in hosts if h.kind in EXCLUDED},
         "wall": _round(max((c["exited_at"] or 0.0 for c in crawlers), default=None)),
         "mean_in_flight": round(mean_in_flight([r for r in requests if r.image]), 1),
-        "first_try_served": first_try,
-        "first_try_fetched_again": again,
-        "extra_requests": extra,
+        **first_try_duplicates(requests),
         "hosts": figures,
         "crawlers": crawler_shares(crawlers, requests, limits.lease),
         "catalogue": row_figures(rows, seeds, hosts),
@@ -313,7 +318,8 @@ def targets(
             result["first_try_fetched_again"],
             "<=",
             0,
-            f"of {result['first_try_served']} URLs served on the first try; "
+            f"of {result['first_try_served']} URLs served on the first try "
+            f"({result['fetched_again_by_same_crawler']} by the same crawler again); "
             f"{result['extra_requests']} extra requests",
         ),
         **_deadline_target(figures, limits),
