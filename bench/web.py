@@ -486,6 +486,15 @@ def print_run(number: int, total: int, result: dict[str, Any]) -> None:
         f"{result['mean_in_flight']} in flight, load {result['load_average']}",
         flush=True,
     )
+    for kind, why in result.get("excluded_from_ideal", {}).items():
+        print(f"    not in the ideal: the {kind} host, as {why}")
+    for crawler in result.get("crawlers", []):
+        summary = crawler["summary"] or {}
+        print(
+            f"    crawler {crawler['crawler']}: exit {crawler['exit_code']} at "
+            f"{crawler['exited_at']} s, stored {summary.get('stored')} "
+            f"{summary.get('by_status', {})}, {crawler['urls_fetched']} URLs fetched"
+        )
     if rows := result.get("catalogue"):
         print(f"    rows: {rows['by_status']}, reasons {rows['by_reason']}", flush=True)
     for name, found in result["targets"].items():
