@@ -137,7 +137,7 @@ def min_gap(requests: Iterable[Request]) -> float | None:
 def retry_after_violations(requests: Sequence[Request]) -> int:
     """Requests that started inside the Retry-After of a 429 answered before them."""
     windows = [
-        (r.end + RETRY_AFTER_GRACE, r.end + r.retry_after)
+        (r.end + RETRY_AFTER_GRACE, r.end + r.retry_after - TIMING_SLACK)
         for r in requests
         if r.status == 429 and r.retry_after is not None
     ]
