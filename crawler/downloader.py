@@ -148,6 +148,10 @@ class Downloader(Generic[T]):
         job = ticket.job
         if job.deadline is None:
             job.deadline = ticket.started + self._settings.timeouts.url
+        if ticket.started >= job.deadline:  # it waited for its host past its deadline
+            self._scheduler.release(ticket)
+            await self._deliver(job, self._out_of_time(job))
+            return
         try:
             answer = await self._ask(ticket)
             verdict = self._learn(ticket, answer)
@@ -211,7 +215,7 @@ class Downloader(Generic[T]):
                 host.robots_failures += 1
                 if host.robots_failures >= self._retries.attempts:
                     return self._give_up(host, _robots_unavailable(ticket.job, host, error))
-                self._pause(host, host.robots_failures, error.retry_after)
+                self._pause_for_robots(host, error.retry_after)
                 return host.given_up
             case FetchError() if answer.reason in CONNECTION_REASONS:
                 return self._failed_to_connect(host, answer)
@@ -246,6 +250,20 @@ class Downloader(Generic[T]):
             pause = min(retry_after, self._retries.retry_after_max)
         else:
             pause = pause_delay(failures - 1, self._retries.backoff_base, self._retries.backoff_max)
+        host.pause(self._scheduler.now() + pause)
+        self._scheduler.changed(host)
+        if self._events is not None:
+            self._events.host_paused(host)
+
+    def _pause_for_robots(self, host: Host[T], retry_after: float | None) -> None:
+        """robots.txt is tried again later than a request: from an eighth of
+        ``crawl.retries.backoff_max``, doubling, so that its tries span an outage of
+        seconds, not the first few (about 13-26 s before the fourth at the defaults)."""
+        if retry_after is not None:
+            self._pause(host, host.robots_failures, retry_after)
+            return
+        retries = self._retries
+        pause = pause_delay(host.robots_failures - 1, retries.backoff_max / 8, retries.backoff_max)
         host.pause(self._scheduler.now() + pause)
         self._scheduler.changed(host)
         if self._events is not None:

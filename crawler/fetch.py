@@ -208,8 +208,8 @@ class Fetcher:
         timeout = self._timeout
         if total is not None and total < self._settings.timeouts.total:
             timeouts = self._settings.timeouts
-            timeout = aiohttp.ClientTimeout(
-                total=total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            timeout = aiohttp.ClientTimeout(  # aiohttp takes a total of 0 or less for none
+                total=max(total, 0.001), sock_connect=timeouts.connect, sock_read=timeouts.read
             )
         try:
             async with session.get(

@@ -276,6 +276,11 @@ class Scheduler(Generic[T]):
         host.note_fetch_time(self._clock() - ticket.started)
         self._reschedule(host)
 
+    def release(self, ticket: Ticket[T]) -> None:
+        """``ticket`` was not used, and its job is done: its slot is free."""
+        ticket.host.in_flight -= 1
+        self._reschedule(ticket.host)
+
     def give_back(self, ticket: Ticket[T]) -> None:
         """``ticket`` was not used: its job goes back to the front of its host's queue."""
         ticket.host.in_flight -= 1
