@@ -192,6 +192,7 @@ class Feeder:
         """Seeds were stored: hosts found empty may have rows again."""
         self._local_exhausted = False
         self._last_empty_acquire = -math.inf
+        self._share_checked = -math.inf
         for held in self._held.values():
             held.done_at = None
 
@@ -213,7 +214,10 @@ class Feeder:
         live, with_work = await self._guard.call(
             hosts_share, self._catalogue, self._lease.live_since()
         )
-        self._fair_share = max(1, math.ceil(with_work / max(live, 1)))
+        # Alone, a crawler takes what its workers can keep busy (seeding may still be adding
+        # the hosts this count has not seen yet).
+        alone = live <= 1
+        self._fair_share = self._max_hosts if alone else max(1, math.ceil(with_work / live))
         holding = sorted(
             (held for held in self._held.values() if not held.given_up),
             key=lambda held: held.host.jobs,
