@@ -142,6 +142,23 @@ images: Final = sa.Table(
 )
 
 
+# One small WebP per image, apart from ``images`` so that scans of the catalogue stay lean:
+# made during extraction from the reduced decode the pHash already needs, oriented as shown.
+thumbnails: Final = sa.Table(
+    "thumbnails",
+    metadata,
+    sa.Column(
+        "image_id",
+        BigId,
+        sa.ForeignKey("images.id", ondelete="CASCADE", name="fk_thumbnails_image_id"),
+        primary_key=True,
+    ),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("webp", sa.LargeBinary, nullable=False),
+)
+
+
 # A host's politeness, shared by every crawler: who holds it (a lease that lasts as long
 # as its crawler's heartbeat), when the next request may start, and how it has behaved.
 # ``work_version`` grows whenever rows are added to the host (or requeued);
