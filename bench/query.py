@@ -25,13 +25,21 @@ import sqlalchemy as sa
 
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import DEFAULT_HASH_ALGORITHM
-from crawler.models import CHUNK_COLUMNS, images, phash_chunks
+from crawler.models import CHUNK_COLUMNS, images, phash_chunks, url_key
 from crawler.query import similar
 
 DATA = Path(__file__).resolve().parent / ".data"
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LOAD_BATCH = 100_000
-COLUMNS = ("url", "status", "first_seen_at", "phash_algorithm", "phash", *CHUNK_COLUMNS)
+COLUMNS = (
+    "url",
+    "url_hash",
+    "status",
+    "first_seen_at",
+    "phash_algorithm",
+    "phash",
+    *CHUNK_COLUMNS,
+)
 
 
 def random_hashes(count: int, seed: int) -> np.ndarray:
@@ -60,9 +68,10 @@ def recreate(dialect: str, url: str) -> None:
 
 
 def rows_of(hashes: np.ndarray, start: int, now: datetime) -> list[tuple]:
+    urls = (f"bench://{start + i}" for i in range(len(hashes)))
     return [
-        (f"bench://{start + i}", "ok", now, DEFAULT_HASH_ALGORITHM, value, *phash_chunks(value))
-        for i, value in enumerate(hashes.tolist())
+        (url, url_key(url), "ok", now, DEFAULT_HASH_ALGORITHM, value, *phash_chunks(value))
+        for url, value in zip(urls, hashes.tolist(), strict=True)
     ]
 
 
@@ -87,7 +96,7 @@ def load(catalogue: Catalogue, hashes: np.ndarray) -> tuple[float, float]:
                 marks = ", ".join("?" * len(COLUMNS))
                 cursor.executemany(
                     f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({marks})",
-                    [(*row[:2], row[2].isoformat(" "), *row[3:]) for row in batch],
+                    [(*row[:3], row[3].isoformat(" "), *row[4:]) for row in batch],
                 )
         raw.commit()
     finally:

@@ -25,7 +25,7 @@ from crawler.errors import CrawlerError
 from crawler.hashes import DEFAULT_MAX_DISTANCE
 
 if TYPE_CHECKING:  # each call imports what it needs: opening a catalogue loads no crawl code
-    from crawler.duplicates import DuplicateGroup
+    from crawler.duplicates import DuplicateGroup, RedundantImage
     from crawler.engine import CrawlSummary, ProgressCallback
     from crawler.query import SimilarRow
 
@@ -59,11 +59,23 @@ class Catalogue(_catalogue.Catalogue):
         self, max_distance: int = DEFAULT_MAX_DISTANCE, *, algorithm: str = DEFAULT_HASH_ALGORITHM
     ) -> list[DuplicateGroup]:
         """Groups of near-identical images: exact copies (same SHA-256) first, then pHash
-        clusters; each group has a ``kind`` and ``members`` (``id``, ``url``, ``sha256``,
-        ``pHash``, ``distance`` to the first member)."""
+        clusters; each group has a ``kind``, the id of its copy to ``keep`` (most pixels,
+        then largest file, then first seen) and ``members`` (``id``, ``url``, ``sha256``,
+        ``pHash``, ``distance`` to the copy to keep, ``width``, ``height``, ``size``,
+        ``format``, ``taken_at``, ``keep``), the copy to keep first."""
         from crawler.duplicates import duplicates
 
         return duplicates(self, max_distance, algorithm=algorithm)
+
+    def redundant_images(
+        self, max_distance: int = DEFAULT_MAX_DISTANCE, *, algorithm: str = DEFAULT_HASH_ALGORITHM
+    ) -> list[RedundantImage]:
+        """Every image that is not the one to keep in its duplicate group, by id: rows with
+        ``id``, ``url``, ``keep_id`` and ``keep_url`` (the copy to keep), ``kind``,
+        ``distance``, ``width``, ``height``, ``size``, ``format`` and ``sha256``."""
+        from crawler.duplicates import redundant_images
+
+        return redundant_images(self, max_distance, algorithm=algorithm)
 
     def show(self, key: str | int | os.PathLike[str]) -> dict[str, Any]:
         """The stored metadata object of one image, by id, URL or local path."""

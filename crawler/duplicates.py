@@ -1,37 +1,56 @@
 """Duplicate groups: images with the same bytes, then clusters of images whose pHashes are
-linked by chains of small distances.
+linked by chains of small distances; in each group the copy to keep, and the images that are
+not the one to keep (``redundant_images``).
+
+The copy to keep is the one with the most pixels (width x height), then the largest file, then
+the first seen (lowest id); an unknown width, height or size counts as 0.
 
 Every hash of the catalogue is read into memory (16 bytes a row) and the close pairs are found
 there, either by comparing every pair (numpy, a block of the distance matrix at a time) or by
-multi-index hashing as ``crawler.query.similar`` does in SQL, whichever a cost estimate
-expects to be faster; both give the same groups. Kept apart from the other reads, which need
-neither numpy nor the whole catalogue.
+multi-index hashing in memory, whichever a cost estimate expects to be faster; both give the
+same pairs. Kept apart from the other reads, which need neither numpy nor the whole catalogue.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import Final, Literal
+from datetime import datetime
+from itertools import chain, groupby
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 
 from crawler.catalogue import Catalogue
 from crawler.config import DEFAULT_HASH_ALGORITHM as DEFAULT_ALGORITHM
-from crawler.hashes import DEFAULT_MAX_DISTANCE, HASH_BITS, to_hex
+from crawler.hashes import DEFAULT_MAX_DISTANCE, HASH_BITS, distance, to_hex
 from crawler.models import CHUNK_BITS, chunk_shift, images
 from crawler.query import EXPORT_BATCH, Strategy, check_range, check_strategy, chunk_radii, flips
 
-# The size of one block of the pairwise distance matrix (it fits in the cache), and the costs
-# in seconds, measured on the 2-core VM, that decide between comparing every pair and
-# multi-index hashing.
+# The size of one block of the pairwise distance matrix (it fits in the cache), and of one
+# batch of multi-index candidates; and the costs in seconds, measured on the 2-core VM, that
+# decide between comparing every pair and multi-index hashing.
 SCAN_BLOCK: Final = 1 << 18
-SCAN_PAIR_COST: Final = 3e-9
-PROBE_COST: Final = 5e-6
-PROBE_ROW_COST: Final = 5e-8
+CANDIDATE_BLOCK: Final = 1 << 20
+SCAN_PAIR_COST: Final = 1.5e-9
+PROBE_COST: Final = 2e-5
+PROBE_ROW_COST: Final = 5e-9
 CANDIDATE_COST: Final = 2e-8
 HASH_BATCH: Final = 100_000
 _CHUNK_MASK: Final = (1 << CHUNK_BITS) - 1
+
+_Row = sa.Row[*tuple[Any, ...]]  # a row of _MEMBER_COLUMNS
+
+_MEMBER_COLUMNS: Final = (
+    images.c.id,
+    images.c.url,
+    images.c.sha256,
+    images.c.phash,
+    images.c.width,
+    images.c.height,
+    images.c.size,
+    images.c.format,
+    images.c.taken_at,
+)
 
 
 @dataclass(frozen=True)
@@ -42,13 +61,38 @@ class DuplicateMember:
     url: str
     sha256: str | None
     pHash: str | None
-    distance: int | None  # pHash distance to the group's first member
+    distance: int | None  # pHash distance to the group's copy to keep (its first member)
+    width: int | None
+    height: int | None
+    size: int | None  # bytes
+    format: str | None
+    taken_at: datetime | None  # as the camera wrote it (EXIF DateTimeOriginal, no zone)
+    keep: bool  # the group's copy to keep
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
     kind: Literal["exact", "similar"]  # same SHA-256, or pHashes within the distance
-    members: list[DuplicateMember]
+    keep: int  # the id of the copy to keep
+    members: list[DuplicateMember]  # the copy to keep first, then the others by id
+
+
+@dataclass(frozen=True)
+class RedundantImage:
+    """An image that is not the one to keep: the copy to keep of its group is ``keep_id``.
+    ``kind`` is ``exact`` for the same bytes as that copy, else ``similar``."""
+
+    id: int
+    url: str
+    keep_id: int
+    keep_url: str
+    kind: Literal["exact", "similar"]
+    distance: int | None  # pHash distance to the copy to keep
+    width: int | None
+    height: int | None
+    size: int | None
+    format: str | None
+    sha256: str | None
 
 
 def duplicates(
@@ -60,14 +104,104 @@ def duplicates(
 ) -> list[DuplicateGroup]:
     """Groups of near-identical images: first the images with the same SHA-256, then clusters
     of images (one per SHA-256) whose pHashes, made by ``algorithm``, are linked by distances
-    within ``max_distance``. ``strategy`` forces how the close pairs are found (see
-    ``close_pairs``); all give the same groups."""
+    within ``max_distance``; each group names its copy to keep (see the module docstring).
+    ``strategy`` forces how the close pairs are found (see ``close_pairs``); all give the same
+    groups."""
     check_range("max distance", max_distance, 0, HASH_BITS)
     check_strategy(strategy)
     with catalogue.engine.connect() as connection:
         exact = _exact_groups(connection)
         similar_groups = _similar_groups(connection, max_distance, algorithm, strategy)
     return exact + similar_groups
+
+
+def redundant_images(
+    catalogue: Catalogue,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    *,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> list[RedundantImage]:
+    """Every image that is not the one to keep, by id. Groups that share an image count as
+    one (the copies of an image and the cluster that image is in), with one copy to keep by
+    the same rule, so a kept image is never also listed."""
+    listed: dict[int, RedundantImage] = {}
+    for members in _linked_groups(duplicates(catalogue, max_distance, algorithm=algorithm)):
+        kept = _keeper(members)
+        for member in members:
+            if member.id != kept.id:
+                listed[member.id] = _redundant_image(member, kept)
+    return [listed[image_id] for image_id in sorted(listed)]
+
+
+def _linked_groups(groups: list[DuplicateGroup]) -> list[list[DuplicateMember]]:
+    """The members of groups joined where they share an image: an exact group's first copy
+    is what stands for it in the clusters."""
+    joined: dict[int, list[DuplicateMember]] = {}  # by member id, one list per joined group
+    for group in groups:
+        known = [joined[m.id] for m in group.members if m.id in joined]
+        members = list({m.id: m for m in chain(*known, group.members)}.values())
+        for member in members:
+            joined[member.id] = members
+    return list({id(members): members for members in joined.values()}.values())
+
+
+def _redundant_image(member: DuplicateMember, kept: DuplicateMember) -> RedundantImage:
+    same_bytes = member.sha256 is not None and member.sha256 == kept.sha256
+    return RedundantImage(
+        member.id,
+        member.url,
+        kept.id,
+        kept.url,
+        "exact" if same_bytes else "similar",
+        0 if same_bytes else _distance(member.pHash, kept.pHash),
+        member.width,
+        member.height,
+        member.size,
+        member.format,
+        member.sha256,
+    )
+
+
+def _distance(a: str | None, b: str | None) -> int | None:
+    return None if a is None or b is None else distance(a, b)
+
+
+def _keep_order(member: Any) -> tuple[int, int, int]:
+    """Larger is kept: more pixels, then a larger file, then seen first."""
+    pixels = (member.width or 0) * (member.height or 0)
+    return pixels, member.size or 0, -member.id
+
+
+def _keeper(members: Iterable[DuplicateMember]) -> DuplicateMember:
+    return max(members, key=_keep_order)
+
+
+def _group(
+    kind: Literal["exact", "similar"],
+    rows: Sequence[_Row],
+    distance_to: Callable[[_Row, _Row], int | None],
+) -> DuplicateGroup:
+    """The group of ``rows`` (id order) with its copy to keep first; ``distance_to(row,
+    kept)`` is each member's distance."""
+    kept = max(rows, key=_keep_order)
+    ordered = [kept, *(row for row in rows if row is not kept)]
+    members = [
+        DuplicateMember(
+            row.id,
+            row.url,
+            row.sha256,
+            None if row.phash is None else to_hex(row.phash),
+            distance_to(row, kept),
+            row.width,
+            row.height,
+            row.size,
+            row.format,
+            row.taken_at,
+            row is kept,
+        )
+        for row in ordered
+    ]
+    return DuplicateGroup(kind, kept.id, members)
 
 
 def _exact_groups(connection: sa.Connection) -> list[DuplicateGroup]:
@@ -78,19 +212,19 @@ def _exact_groups(connection: sa.Connection) -> list[DuplicateGroup]:
         .having(sa.func.count() > 1)
     )
     rows = connection.execute(
-        sa.select(images.c.id, images.c.url, images.c.sha256, images.c.phash)
+        sa.select(*_MEMBER_COLUMNS)
         .where(images.c.sha256.in_(shared))
         .order_by(images.c.sha256, images.c.id)
     )
-    groups: dict[str, list[DuplicateMember]] = {}
-    for row in rows:
-        phash = None if row.phash is None else to_hex(row.phash)
-        distance = None if row.phash is None else 0
-        groups.setdefault(row.sha256, []).append(
-            DuplicateMember(row.id, row.url, row.sha256, phash, distance)
-        )
-    ordered = sorted(groups.values(), key=lambda members: members[0].id)
-    return [DuplicateGroup("exact", members) for members in ordered]
+    by_digest: list[list[_Row]] = [
+        list(copies) for _, copies in groupby(rows, key=lambda row: row.sha256)
+    ]
+    by_digest.sort(key=lambda copies: copies[0].id)
+
+    def same_bytes(row: _Row, kept: _Row) -> int | None:
+        return None if row.phash is None else 0
+
+    return [_group("exact", copies, same_bytes) for copies in by_digest]
 
 
 def _similar_groups(
@@ -98,18 +232,15 @@ def _similar_groups(
 ) -> list[DuplicateGroup]:
     ids, hashes = _hashes_of_first_copies(connection, algorithm)
     clusters = sorted(_clusters(hashes, max_distance, strategy), key=lambda rows: int(ids[rows[0]]))
-    urls = _urls_and_digests(connection, [int(ids[i]) for rows in clusters for i in rows])
-    groups = []
-    for rows in clusters:
-        anchor = int(hashes[rows[0]])
-        members = []
-        for i in rows:
-            image_id, value = int(ids[i]), int(hashes[i])
-            url, sha256 = urls[image_id]
-            distance = (anchor ^ value).bit_count()
-            members.append(DuplicateMember(image_id, url, sha256, to_hex(value), distance))
-        groups.append(DuplicateGroup("similar", members))
-    return groups
+    rows = _member_rows(connection, [int(ids[i]) for positions in clusters for i in positions])
+
+    def hash_distance(row: _Row, kept: _Row) -> int | None:
+        return distance(row.phash, kept.phash)
+
+    return [
+        _group("similar", [rows[int(ids[i])] for i in positions], hash_distance)
+        for positions in clusters
+    ]
 
 
 def _hashes_of_first_copies(
@@ -138,6 +269,15 @@ def _hashes_of_first_copies(
     return table[:, 0], table[:, 1].view(np.uint64)
 
 
+def _member_rows(connection: sa.Connection, ids: list[int]) -> dict[int, _Row]:
+    found: dict[int, _Row] = {}
+    for start in range(0, len(ids), EXPORT_BATCH):
+        batch = ids[start : start + EXPORT_BATCH]
+        rows = connection.execute(sa.select(*_MEMBER_COLUMNS).where(images.c.id.in_(batch)))
+        found.update({row.id: row for row in rows})
+    return found
+
+
 def _clusters(hashes: np.ndarray, max_distance: int, strategy: Strategy) -> list[list[int]]:
     """Positions in ``hashes`` linked by chains of distances within ``max_distance``, for each
     group of two or more; equal hashes are compared once."""
@@ -153,22 +293,27 @@ def close_pairs(
     hashes: np.ndarray, max_distance: int, strategy: Strategy = "auto"
 ) -> Iterator[np.ndarray]:
     """Index pairs ``(i, j)``, ``i < j``, of the uint64 ``hashes`` that are within
-    ``max_distance`` bits, as arrays of shape (k, 2); a pair may come more than once. Either
-    every pair is compared (``scan``) or multi-index hashing finds the candidates (``index``);
-    ``auto`` takes whichever ``_scan_is_cheaper`` expects to be faster."""
-    scan = strategy == "scan" or (
-        strategy == "auto" and _scan_is_cheaper(len(hashes), max_distance)
-    )
+    ``max_distance`` bits, each once, as arrays of shape (k, 2). Either every pair is compared
+    (``scan``) or multi-index hashing finds the candidates (``index``); ``auto`` takes
+    whichever ``_scan_is_cheaper`` expects to be faster."""
+    scan = strategy == "scan" or (strategy == "auto" and _scan_is_cheaper(hashes, max_distance))
     return (_pairs_by_scan if scan else _pairs_by_chunks)(hashes, max_distance)
 
 
-def _scan_is_cheaper(count: int, max_distance: int) -> bool:
+def _scan_is_cheaper(hashes: np.ndarray, max_distance: int) -> bool:
     """Whether comparing all ``count**2 / 2`` pairs is expected to take less time than
-    multi-index hashing, which looks up every hash once per probed chunk value, each lookup
-    finding about ``count / 65,536`` candidates (for uniformly spread hashes)."""
-    probes = sum(len(flips(radius)) for radius in chunk_radii(max_distance))
-    candidates = count * count * probes / (_CHUNK_MASK + 1)
-    index_cost = probes * (PROBE_COST + count * PROBE_ROW_COST) + candidates * CANDIDATE_COST
+    multi-index hashing, which looks up half the hashes once per probed chunk value (the
+    hashes of one chunk value are a bucket) and checks every hash of the buckets found. A
+    chunk's buckets of sizes ``s`` give about ``sum(s**2 - s) / 2`` candidates per probed
+    value: ``count**2 / 131,072`` for uniformly spread hashes, more where hashes crowd."""
+    count = len(hashes)
+    index_cost = 0.0
+    for index, radius in enumerate(chunk_radii(max_distance)):
+        probes = len(flips(radius))
+        sizes = np.bincount(_chunk_values(hashes, index), minlength=_CHUNK_MASK + 1)
+        candidates = probes * (float(np.dot(sizes, sizes)) - count) / 2
+        index_cost += probes * (PROBE_COST + count / 2 * PROBE_ROW_COST)
+        index_cost += candidates * CANDIDATE_COST
     return count * count / 2 * SCAN_PAIR_COST <= index_cost
 
 
@@ -184,29 +329,105 @@ def _pairs_by_scan(hashes: np.ndarray, max_distance: int) -> Iterator[np.ndarray
         yield np.stack([left[ordered], right[ordered]], axis=1) + start
 
 
+class _Buckets(NamedTuple):
+    """The hashes sorted by the value of one chunk: those with chunk value ``v`` (bucket
+    ``v``) are at sorted positions ``starts[v]`` to ``starts[v] + sizes[v] - 1``; ``order``
+    maps a sorted position to the position in the input."""
+
+    order: np.ndarray
+    values: np.ndarray  # each sorted hash's chunk value
+    hashes: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+
 def _pairs_by_chunks(hashes: np.ndarray, max_distance: int) -> Iterator[np.ndarray]:
-    """Multi-index hashing in memory, as ``similar`` does in SQL: per chunk, the hashes whose
-    chunk value is one of the probed values of another hash's chunk are its candidates."""
-    positions = np.arange(len(hashes))
-    for index, radius in enumerate(chunk_radii(max_distance)):
-        keys = ((hashes >> np.uint64(chunk_shift(index))) & np.uint64(_CHUNK_MASK)).astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        # The hashes with chunk value v are order[starts[v] : starts[v] + sizes[v]].
-        sizes = np.bincount(keys, minlength=_CHUNK_MASK + 1)
-        starts = np.cumsum(sizes) - sizes
-        for flip in flips(radius):
-            probe = keys ^ flip
-            counts = sizes[probe]
-            total = int(counts.sum())
-            if not total:
-                continue
-            left = np.repeat(positions, counts)
-            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-            right = order[np.repeat(starts[probe], counts) + offsets]
-            ordered = left < right
-            left, right = left[ordered], right[ordered]
-            close = np.bitwise_count(hashes[left] ^ hashes[right]) <= max_distance
-            yield np.stack([left[close], right[close]], axis=1)
+    """Multi-index hashing in memory: two hashes within ``max_distance`` have a chunk whose
+    values differ in at most ``chunk_radii`` bits (as for ``crawler.query.similar``), so
+    for every flip mask of that many bits the hashes of bucket ``v`` are compared with those
+    of bucket ``v ^ mask``. A pair is reported by the first chunk that reaches it."""
+    radii = chunk_radii(max_distance)
+    for index, radius in enumerate(radii):
+        if radius < 0:
+            continue
+        buckets = _buckets(hashes, index)
+        for found in _pairs_near_in_chunk(buckets, radius, max_distance):
+            pairs = buckets.order[found]
+            differences = hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]
+            yield np.sort(pairs[_first_reached_here(differences, index, radii)], axis=1)
+
+
+def _chunk_values(hashes: np.ndarray, index: int) -> np.ndarray:
+    shifted = hashes >> np.uint64(chunk_shift(index))
+    return (shifted & np.uint64(_CHUNK_MASK)).astype(np.uint16)
+
+
+def _buckets(hashes: np.ndarray, index: int) -> _Buckets:
+    values = _chunk_values(hashes, index)
+    order = np.argsort(values, kind="stable")  # a radix sort, for 16-bit values
+    sorted_values = values[order].astype(np.intp)
+    sizes = np.bincount(sorted_values, minlength=_CHUNK_MASK + 1)
+    return _Buckets(order, sorted_values, hashes[order], np.cumsum(sizes) - sizes, sizes)
+
+
+def _pairs_near_in_chunk(buckets: _Buckets, radius: int, max_distance: int) -> Iterator[np.ndarray]:
+    """Sorted positions of the pairs within ``max_distance`` whose values of this chunk differ
+    in at most ``radius`` bits, each once: within a bucket from the earlier position, and
+    between buckets ``v`` and ``v ^ mask`` from the one whose ``v`` has the mask's highest bit
+    clear."""
+    values, starts, sizes = buckets.values, buckets.starts, buckets.sizes
+    positions = np.arange(len(values))
+    bucket_ends = starts[values] + sizes[values]
+    yield from _close_in_runs(
+        buckets.hashes, positions, positions + 1, bucket_ends - positions - 1, max_distance
+    )
+    masks = sorted(flips(radius)[1:], key=int.bit_length)
+    for top, same_top in groupby(masks, key=int.bit_length):
+        left = np.flatnonzero((values >> (top - 1)) & 1 == 0)
+        left_values = values[left]
+        for mask in same_top:
+            probed = left_values ^ mask
+            yield from _close_in_runs(
+                buckets.hashes, left, starts[probed], sizes[probed], max_distance
+            )
+
+
+def _close_in_runs(
+    hashes: np.ndarray,
+    left: np.ndarray,
+    run_starts: np.ndarray,
+    run_sizes: np.ndarray,
+    max_distance: int,
+) -> Iterator[np.ndarray]:
+    """The pairs of positions ``(left[k], run_starts[k] + offset)``, ``offset <
+    run_sizes[k]``, whose hashes are within ``max_distance``."""
+    ends = np.cumsum(run_sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    if total > CANDIDATE_BLOCK and len(left) > 1:
+        # In halves, so that crowded buckets cannot exhaust memory.
+        middle = int(np.clip(np.searchsorted(ends, total // 2) + 1, 1, len(left) - 1))
+        for part in (slice(None, middle), slice(middle, None)):
+            yield from _close_in_runs(
+                hashes, left[part], run_starts[part], run_sizes[part], max_distance
+            )
+        return
+    # Each candidate's right position: its run's start plus its offset in the run.
+    right = np.repeat(run_starts - (ends - run_sizes), run_sizes)
+    right += np.arange(total)
+    left_hashes = np.repeat(hashes[left], run_sizes)
+    close = np.flatnonzero(np.bitwise_count(left_hashes ^ hashes[right]) <= max_distance)
+    if len(close):
+        owners = np.searchsorted(ends, close, side="right")
+        yield np.stack([left[owners], right[close]], axis=1)
+
+
+def _first_reached_here(differences: np.ndarray, index: int, radii: list[int]) -> np.ndarray:
+    """Which pairs, given by the XOR of their hashes, no chunk before ``index`` reaches."""
+    first = np.ones(len(differences), dtype=bool)
+    for earlier in range(index):
+        chunk = (differences >> np.uint64(chunk_shift(earlier))) & np.uint64(_CHUNK_MASK)
+        first &= np.bitwise_count(chunk) > radii[earlier]
+    return first
 
 
 def _components(count: int, pair_blocks: Iterable[np.ndarray]) -> np.ndarray:
@@ -237,17 +458,3 @@ def _linked(parent: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarr
         np.minimum.at(parent, high, low)
         while not np.array_equal(grandparent := parent[parent], parent):
             parent = grandparent
-
-
-def _urls_and_digests(
-    connection: sa.Connection, ids: list[int]
-) -> dict[int, tuple[str, str | None]]:
-    found: dict[int, tuple[str, str | None]] = {}
-    for start in range(0, len(ids), EXPORT_BATCH):
-        rows = connection.execute(
-            sa.select(images.c.id, images.c.url, images.c.sha256).where(
-                images.c.id.in_(ids[start : start + EXPORT_BATCH])
-            )
-        )
-        found.update({row.id: (row.url, row.sha256) for row in rows})
-    return found

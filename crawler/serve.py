@@ -62,8 +62,11 @@ OPENAPI_PATH = STATIC_DIR / "openapi.json"
 MAX_LIMIT = 1000
 DEFAULT_SIMILAR_LIMIT = 100
 DEFAULT_GROUPS_LIMIT = 100
-# Grouping takes seconds on 20,000 images at radius 10 and grows steeply with the radius.
+# Past 16 bits the pHashes of unrelated images link up (a catalogue becomes a few huge
+# groups), and the work grows with the pairs found.
 MAX_DUPLICATE_DISTANCE = 16
+# Grouping reads every hash: about 1 s for 100,000 images at radius 10, and the time grows
+# with the square of the catalogue; a page view asks for it every time.
 DUPLICATES_TTL_SECONDS = 60.0
 PUBLIC_PATHS = frozenset({"/openapi.json"})
 # An API key is a password that anyone who reaches the server may guess at: 16 characters
@@ -753,10 +756,16 @@ def _group_json(group: DuplicateGroup) -> dict[str, Any]:
             "sha256": member.sha256,
             "pHash": member.pHash,
             "distance": member.distance,
+            "width": member.width,
+            "height": member.height,
+            "size": member.size,
+            "format": member.format,
+            "takenAt": None if member.taken_at is None else member.taken_at.isoformat(),
+            "keep": member.keep,
         }
         for member in group.members
     ]
-    return {"kind": group.kind, "images": images}
+    return {"kind": group.kind, "keep": group.keep, "images": images}
 
 
 async def _openapi(request: web.Request) -> web.FileResponse:

@@ -182,7 +182,11 @@ def test_duplicates_in_each_format(sample_db: Path, fmt: str) -> None:
         for member in group.members
     ]
     assert [row["distance"] for row in expected] == [0, 8] and code == 0
-    columns = ["group", "kind", "id", "url", "distance", "pHash", "sha256"]
+    assert [row["keep"] for row in expected] == [True, False]
+    columns = [
+        *("group", "kind", "id", "url", "keep", "distance"),
+        *("width", "height", "size", "pHash", "sha256"),
+    ]
     assert parse(fmt, out) == as_printed(fmt, expected, columns)
 
 

@@ -160,9 +160,18 @@ async def test_similar_and_duplicates_find_the_near_duplicate(
     assert status == 200
     [group] = after["groups"]
     assert (after["total_groups"], group["kind"]) == (1, "similar")
+    # The same pixels: the larger file is the copy to keep, listed first.
+    kept, other = sorted(["a.jpg", "a-near.jpg"], key=lambda name: -len(IMAGES[name]))
+    assert len(IMAGES[kept]) > len(IMAGES[other])
     names = [image["url"].rsplit("/", 1)[1] for image in group["images"]]
-    assert names == ["a.jpg", "a-near.jpg"]
+    assert names == [kept, other]
+    assert group["keep"] == group["images"][0]["id"]
+    assert [image["keep"] for image in group["images"]] == [True, False]
     assert [image["distance"] for image in group["images"]] == [0, near]
+    assert [
+        (image["width"], image["height"], image["size"], image["format"], image["takenAt"])
+        for image in group["images"]
+    ] == [(96, 64, len(IMAGES[name]), "jpg", None) for name in names]
 
 
 async def test_duplicates_are_computed_once_for_concurrent_callers_and_kept() -> None:

@@ -26,7 +26,19 @@ from crawler.output import write_object, write_rows
 if TYPE_CHECKING:
     from crawler.catalogue import Catalogue
 
-DUPLICATE_COLUMNS = ("group", "kind", "id", "url", "distance", "pHash", "sha256")
+DUPLICATE_COLUMNS = (
+    "group",
+    "kind",
+    "id",
+    "url",
+    "keep",
+    "distance",
+    "width",
+    "height",
+    "size",
+    "pHash",
+    "sha256",
+)
 EXPORT_FORMATS = ("json", "jsonl", "csv")  # crawler.query.EXPORT_FORMATS, kept light here
 
 
@@ -117,23 +129,39 @@ def query_similar(
 
 @click.command("duplicates")
 @_max_distance_option("that links two images into one group")
+@click.option(
+    "--redundant",
+    is_flag=True,
+    help="List instead every image that is not the one to keep, with the id (keep_id) of "
+    "the copy to keep in its group.",
+)
 @_hash_algorithm_option
 @format_option()
 @click.pass_context
 @handle_errors
 def duplicates_command(
-    ctx: click.Context, max_distance: int, hash_algorithm: str | None, fmt: str
+    ctx: click.Context, max_distance: int, redundant: bool, hash_algorithm: str | None, fmt: str
 ) -> None:
     """Groups of near-identical images: same SHA-256 first, then pHash clusters; one row per
-    image, numbered by group.
+    image, numbered by group, the copy to keep first (keep = true). The copy to keep has
+    the most pixels, then the largest file, then was seen first (lowest id).
 
+    \b
     Example: crawler duplicates --max-distance 4 --format csv > duplicates.csv
+    Example: crawler duplicates --redundant --csv > redundant.csv
     """
-    from crawler.duplicates import duplicates
+    from crawler.duplicates import RedundantImage, duplicates, redundant_images
 
     long_running()
+    algorithm = _algorithm(ctx, hash_algorithm)
+    if redundant:
+        with _open_existing(ctx) as catalogue:
+            images = redundant_images(catalogue, max_distance, algorithm=algorithm)
+        columns = [field.name for field in dataclasses.fields(RedundantImage)]
+        write_rows((dataclasses.asdict(image) for image in images), columns, fmt, sys.stdout)
+        return
     with _open_existing(ctx) as catalogue:
-        groups = duplicates(catalogue, max_distance, algorithm=_algorithm(ctx, hash_algorithm))
+        groups = duplicates(catalogue, max_distance, algorithm=algorithm)
     rows = (
         {"group": number, "kind": group.kind, **dataclasses.asdict(member)}
         for number, group in enumerate(groups, start=1)
