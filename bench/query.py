@@ -13,6 +13,7 @@ Targets (issue 3): PostgreSQL 1M <= 20 ms, 10M <= 60 ms; SQLite 1M <= 50 ms; ind
 
 import argparse
 import functools
+import hashlib
 import random
 import statistics
 import time
@@ -34,6 +35,7 @@ LOAD_BATCH = 100_000
 COLUMNS = (
     "url",
     "url_hash",
+    "sha256",
     "status",
     "first_seen_at",
     "phash_algorithm",
@@ -68,11 +70,14 @@ def recreate(dialect: str, url: str) -> None:
 
 
 def rows_of(hashes: np.ndarray, start: int, now: datetime) -> list[tuple]:
-    urls = (f"bench://{start + i}" for i in range(len(hashes)))
-    return [
-        (url, url_key(url), "ok", now, DEFAULT_HASH_ALGORITHM, value, *phash_chunks(value))
-        for url, value in zip(urls, hashes.tolist(), strict=True)
-    ]
+    """One row a hash; each image its own SHA-256, as crawled images have."""
+    rows = []
+    for i, value in enumerate(hashes.tolist(), start=start):
+        url = f"bench://{i}"
+        sha256 = hashlib.sha256(url.encode()).hexdigest()
+        algorithm = DEFAULT_HASH_ALGORITHM
+        rows.append((url, url_key(url), sha256, "ok", now, algorithm, value, *phash_chunks(value)))
+    return rows
 
 
 def load(catalogue: Catalogue, hashes: np.ndarray) -> tuple[float, float]:
@@ -96,7 +101,7 @@ def load(catalogue: Catalogue, hashes: np.ndarray) -> tuple[float, float]:
                 marks = ", ".join("?" * len(COLUMNS))
                 cursor.executemany(
                     f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({marks})",
-                    [(*row[:3], row[3].isoformat(" "), *row[4:]) for row in batch],
+                    [(*row[:4], row[4].isoformat(" "), *row[5:]) for row in batch],
                 )
         raw.commit()
     finally:

@@ -111,8 +111,16 @@ def duplicates(
     check_strategy(strategy)
     with catalogue.engine.connect() as connection:
         exact = _exact_groups(connection)
-        similar_groups = _similar_groups(connection, max_distance, algorithm, strategy)
+        similar_groups = _similar_groups(
+            connection, max_distance, algorithm, strategy, _later_copies(exact)
+        )
     return exact + similar_groups
+
+
+def _later_copies(exact: list[DuplicateGroup]) -> list[int]:
+    """The ids of exact copies but the first seen of each: the first stands for them in the
+    clusters, so that copies are reported as such, not again as clusters."""
+    return [image_id for group in exact for image_id in sorted(m.id for m in group.members)[1:]]
 
 
 def redundant_images(
@@ -228,9 +236,15 @@ def _exact_groups(connection: sa.Connection) -> list[DuplicateGroup]:
 
 
 def _similar_groups(
-    connection: sa.Connection, max_distance: int, algorithm: str, strategy: Strategy
+    connection: sa.Connection,
+    max_distance: int,
+    algorithm: str,
+    strategy: Strategy,
+    copies: list[int],
 ) -> list[DuplicateGroup]:
-    ids, hashes = _hashes_of_first_copies(connection, algorithm)
+    ids, hashes = _hashes(connection, algorithm)
+    counted = ~np.isin(ids, copies)
+    ids, hashes = ids[counted], hashes[counted]
     clusters = sorted(_clusters(hashes, max_distance, strategy), key=lambda rows: int(ids[rows[0]]))
     rows = _member_rows(connection, [int(ids[i]) for positions in clusters for i in positions])
 
@@ -243,21 +257,12 @@ def _similar_groups(
     ]
 
 
-def _hashes_of_first_copies(
-    connection: sa.Connection, algorithm: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ids (int64) and pHashes (uint64), in id order, of every image hashed by ``algorithm``,
-    counting images with the same SHA-256 once: exact copies are reported as such, not again
-    as clusters."""
-    first = images.alias("first_copy")
-    is_first_copy = ~sa.exists().where(first.c.sha256 == images.c.sha256, first.c.id < images.c.id)
+def _hashes(connection: sa.Connection, algorithm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (int64) and pHashes (uint64), in id order, of every image hashed by
+    ``algorithm``."""
     result = connection.execution_options(yield_per=HASH_BATCH).execute(
         sa.select(images.c.id, images.c.phash)
-        .where(
-            images.c.phash.is_not(None),
-            images.c.phash_algorithm == algorithm,
-            sa.or_(images.c.sha256.is_(None), is_first_copy),
-        )
+        .where(images.c.phash.is_not(None), images.c.phash_algorithm == algorithm)
         .order_by(images.c.id)
     )
     # Straight into arrays, a batch at a time: 16 bytes a row instead of a Python row object.
@@ -280,13 +285,13 @@ def _member_rows(connection: sa.Connection, ids: list[int]) -> dict[int, _Row]:
 
 def _clusters(hashes: np.ndarray, max_distance: int, strategy: Strategy) -> list[list[int]]:
     """Positions in ``hashes`` linked by chains of distances within ``max_distance``, for each
-    group of two or more; equal hashes are compared once."""
+    group of two or more, in position order; equal hashes are compared once."""
     distinct, owner = np.unique(hashes, return_inverse=True)
-    groups = _components(len(distinct), close_pairs(distinct, max_distance, strategy))
-    clusters: dict[int, list[int]] = {}
-    for position, group in enumerate(groups[owner].tolist()):
-        clusters.setdefault(group, []).append(position)
-    return [positions for positions in clusters.values() if len(positions) > 1]
+    groups = _components(len(distinct), close_pairs(distinct, max_distance, strategy))[owner]
+    grouped = np.flatnonzero(np.bincount(groups, minlength=len(distinct))[groups] > 1)
+    by_group = grouped[np.argsort(groups[grouped], kind="stable")]
+    starts = np.flatnonzero(np.diff(groups[by_group])) + 1
+    return [positions.tolist() for positions in np.split(by_group, starts) if len(positions)]
 
 
 def close_pairs(

@@ -25,9 +25,11 @@ from crawler.config import ExtractSettings, ServeSettings, Settings
 from crawler.errors import ConfigError
 from crawler.extract import extract
 from crawler.serve import DuplicatesCache, RateLimiter, check_listen_address, create_app
+from crawler.store import store_results
 from tests.hostile_images import HOSTILE
 from tests.serve_support import TEST_HOSTS, UpstreamServer, api_settings, make_jpeg, serving
 from tests.slow_image import interlaced_png
+from tests.test_duplicates import BASE, image, near
 from tests.test_hostile import peak_rss
 
 IMAGES = {
@@ -172,6 +174,55 @@ async def test_similar_and_duplicates_find_the_near_duplicate(
         (image["width"], image["height"], image["size"], image["format"], image["takenAt"])
         for image in group["images"]
     ] == [(96, 64, len(IMAGES[name]), "jpg", None) for name in names]
+
+
+async def test_duplicate_images_carry_their_details_and_the_copy_to_keep(
+    sqlite_url: str,
+) -> None:
+    with open_catalogue(sqlite_url) as catalogue:
+        store_results(
+            catalogue,
+            [
+                image("old.jpg", BASE, 1024, 768, 200_000, taken="2019:07:14 08:30:00"),
+                image("new.jpg", near(BASE, 3, 1), 2048, 1536, 150_000),
+            ],
+        )
+    async with api(api_settings(sqlite_url)) as running:
+        status, body, _ = await running.get("/v1/duplicates")
+    assert status == 200
+    [group] = body["groups"]
+    assert group == {
+        "kind": "similar",
+        "keep": 2,
+        "images": [
+            {
+                "id": 2,
+                "url": "https://a.test/new.jpg",
+                "sha256": "new.jpg".ljust(64, "0"),
+                "pHash": f"{near(BASE, 3, 1):016x}",
+                "distance": 0,
+                "width": 2048,
+                "height": 1536,
+                "size": 150_000,
+                "format": "jpg",
+                "takenAt": None,
+                "keep": True,
+            },
+            {
+                "id": 1,
+                "url": "https://a.test/old.jpg",
+                "sha256": "old.jpg".ljust(64, "0"),
+                "pHash": f"{BASE:016x}",
+                "distance": 3,
+                "width": 1024,
+                "height": 768,
+                "size": 200_000,
+                "format": "jpg",
+                "takenAt": "2019-07-14T08:30:00",
+                "keep": False,
+            },
+        ],
+    }
 
 
 async def test_duplicates_are_computed_once_for_concurrent_callers_and_kept() -> None:
