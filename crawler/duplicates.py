@@ -137,7 +137,7 @@ def redundant_images(
     the same rule, so a kept image is never also listed."""
     listed: dict[int, RedundantImage] = {}
     for members in _linked_groups(duplicates(catalogue, max_distance, algorithm=algorithm)):
-        kept = _keeper(members)
+        kept = max(members, key=_keep_order)
         for member in members:
             if member.id != kept.id:
                 listed[member.id] = _redundant_image(member, kept)
@@ -181,10 +181,6 @@ def _keep_order(member: Any) -> tuple[int, int, int]:
     """Larger is kept: more pixels, then a larger file, then seen first."""
     pixels = (member.width or 0) * (member.height or 0)
     return pixels, member.size or 0, -member.id
-
-
-def _keeper(members: Iterable[DuplicateMember]) -> DuplicateMember:
-    return max(members, key=_keep_order)
 
 
 def _group(
