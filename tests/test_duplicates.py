@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import crawler
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.cli import cli
 from crawler.duplicates import DuplicateGroup, duplicates, redundant_images
@@ -153,6 +154,12 @@ def test_redundant_images_are_all_but_the_copy_to_keep(redundant_catalogue: Cata
     photo = found[0]
     assert (photo.width, photo.height, photo.size, photo.format) == (800, 600, 70_000, "jpg")
     assert [r.sha256 for r in found] == ["a" * 64, "a" * 64, "b" * 64]
+
+
+def test_the_python_api_lists_them_too(db_url: str, redundant_catalogue: Catalogue) -> None:
+    with crawler.open(db_url) as catalogue:
+        assert catalogue.redundant_images() == redundant_images(redundant_catalogue)
+        assert [group.keep for group in catalogue.duplicates()] == [1, 4, 3]
 
 
 def test_a_smaller_radius_leaves_only_the_exact_copies(redundant_catalogue: Catalogue) -> None:
