@@ -126,7 +126,8 @@ def extract_metadata(
     if isinstance(source, bytes):
         from crawler.extract import extract
 
-        return extract(source, None, chosen.extract).metadata
+        no_thumbnail = dataclasses.replace(chosen.extract, thumbnail_size=0)
+        return extract(source, None, no_thumbnail).metadata
     return _outside_running_loop(_extract_one, os.fspath(source), chosen)
 
 

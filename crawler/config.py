@@ -70,6 +70,7 @@ class ExtractSettings:
     pixel_limit: int = 268_402_689  # libvips' and sharp's default: 0x3FFF * 0x3FFF
     hash_algorithm: str = DEFAULT_HASH_ALGORITHM
     memory_limit: int = 1 << 30  # bytes one image's decode may take; each process's cap
+    thumbnail_size: int = 192  # longest side of the stored WebP thumbnail in pixels; 0: none
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
 
 DAY = 86_400.0
 GIB = 1024**3
+MAX_THUMBNAIL_SIZE = 1024
 
 
 def _bounded(settings: Settings) -> dict[str, tuple[float, float]]:
@@ -238,6 +240,8 @@ def _bounded(settings: Settings) -> dict[str, tuple[float, float]]:
         "crawl.retries.host_failures": (retries.host_failures, 1_000),
         "extract.pixel_limit": (settings.extract.pixel_limit, 10**12),  # a terapixel
         "extract.memory_limit": (settings.extract.memory_limit, 1 << 40),  # a terabyte
+        # one is stored with every row: a typo must not store a full-size copy of each image
+        "extract.thumbnail_size": (settings.extract.thumbnail_size, MAX_THUMBNAIL_SIZE),
         "serve.port": (serve.port, 65_535),
         "serve.max_upstream_fetches": (serve.max_upstream_fetches, 1_000),
         "serve.rate_limit_per_minute": (serve.rate_limit_per_minute, 1_000_000),
@@ -280,6 +284,7 @@ def _validate(settings: Settings) -> None:
         "crawl.retries.backoff_base": settings.crawl.retries.backoff_base,
         "crawl.retries.backoff_max": settings.crawl.retries.backoff_max,
         "crawl.retries.retry_after_max": settings.crawl.retries.retry_after_max,
+        "extract.thumbnail_size": settings.extract.thumbnail_size,
     }
     for key, value in positive.items():
         if value <= 0:

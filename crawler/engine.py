@@ -344,6 +344,7 @@ class _Crawl:
             metadata=extracted.get("metadata"),
             hash_algorithm=extracted.get("hash_algorithm"),
             warnings=extracted.get("warnings", ()),
+            thumbnail=extracted.get("thumbnail"),
             revalidation=job.validators is not None,
         )
 

@@ -157,7 +157,12 @@ class ExtractionPool:
             raise ExtractionFailedError(f"{url}: {exc}", 422, exc.reason) from None
         if "reason" in outcome:
             raise ExtractionFailedError(outcome["error"], outcome["status"], outcome["reason"])
-        extraction = Extraction(outcome["metadata"], outcome["hash_algorithm"], outcome["warnings"])
+        extraction = Extraction(
+            outcome["metadata"],
+            outcome["hash_algorithm"],
+            outcome["warnings"],
+            outcome["thumbnail"],
+        )
         return extraction, outcome["sha256"]
 
     async def _free_slot(self) -> tuple["_Process", int]:
@@ -429,8 +434,8 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
 
 
 def extract_in_worker(data: bytes, url: str, settings: ExtractSettings) -> Outcome:
-    """The SHA-256 of ``data`` and its metadata, or the reason extraction failed (with the
-    HTTP status the API answers with)."""
+    """The SHA-256 of ``data``, its metadata and thumbnail, or the reason extraction failed
+    (with the HTTP status the API answers with)."""
     from crawler.extract import extract  # loaded already, as above
 
     outcome: Outcome = {"sha256": hashlib.sha256(data).hexdigest()}
@@ -446,4 +451,5 @@ def extract_in_worker(data: bytes, url: str, settings: ExtractSettings) -> Outco
         "metadata": extraction.metadata,
         "hash_algorithm": extraction.hash_algorithm,
         "warnings": list(extraction.warnings),
+        "thumbnail": extraction.thumbnail,
     }

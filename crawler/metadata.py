@@ -24,9 +24,20 @@ FLAT_FIELDS: Final = METADATA_KEYS[:-1]
 
 
 @dataclass(frozen=True)
+class Thumbnail:
+    """A small WebP of an image as it is shown (EXIF orientation applied, sRGB)."""
+
+    width: int
+    height: int
+    webp: bytes
+
+
+@dataclass(frozen=True)
 class Extraction:
-    """The metadata object, which algorithm made its pHash, and problems that did not stop it."""
+    """The metadata object, which algorithm made its pHash, and problems that did not stop it;
+    the image's thumbnail where one was asked for and could be made (not part of the object)."""
 
     metadata: dict[str, Any]
     hash_algorithm: str
     warnings: list[str] = field(default_factory=list)
+    thumbnail: Thumbnail | None = None

@@ -40,10 +40,16 @@ Report = Callable[[str, Extraction | CrawlerError], None]
 InFlight = deque[tuple[str, "asyncio.Task[Extraction | CrawlerError]"]]
 
 
-def extract_sources(sources: Sequence[str], settings: Settings, report: Report) -> None:
+def extract_sources(
+    sources: Sequence[str], settings: Settings, report: Report, *, thumbnails: bool = False
+) -> None:
     """Call ``report(source, extraction or error)`` for each of ``sources`` (http(s) URLs,
-    file:// URLs or paths), in their order; for a directory, for each image file under it."""
+    file:// URLs or paths), in their order; for a directory, for each image file under it.
+    Each extraction has a thumbnail (``extract.thumbnail_size``) only if ``thumbnails``."""
     crawl = dataclasses.replace(settings.crawl, robots=False)
+    if not thumbnails:
+        extract = dataclasses.replace(settings.extract, thumbnail_size=0)
+        settings = dataclasses.replace(settings, extract=extract)
     if runs_in_process(sources):
         _extract_here(sources, crawl, settings.extract, report)
         return

@@ -19,6 +19,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -54,6 +55,7 @@ from crawler.query import ImageNotFoundError, show, similar
 from crawler.seeds import SeedError, normalise_url
 from crawler.serve_connections import GuardedSite, connection_limits, track_requests
 from crawler.store import CrawlResult, store_results
+from crawler.thumbnails import thumbnail_of
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ HELP_BY_REASON = {
     "auth_throttled": "Too many failed authentications from your address: wait Retry-After "
     "seconds, then send a valid key (serve.auth_failures_per_minute).",
 }
+THUMBNAIL_CACHING = "public, max-age=31536000, immutable"
 DEFAULT_HELP = "See /openapi.json for the API's endpoints and parameters."
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -354,6 +357,7 @@ def store_fetched(
         metadata=extraction.metadata,
         hash_algorithm=extraction.hash_algorithm,
         warnings=tuple(extraction.warnings),
+        thumbnail=extraction.thumbnail,
     )
     store_results(catalogue, [result])
 
@@ -386,6 +390,7 @@ def create_app(settings: Settings, *, resolver: AbstractResolver | None = None) 
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/v1/metadata", _metadata_from_url)
     app.router.add_get("/v1/files/{id}/metadata", _stored_metadata)
+    app.router.add_get("/v1/files/{id}/thumbnail", _stored_thumbnail)
     app.router.add_get("/v1/similar", _similar)
     app.router.add_get("/v1/phash-distance", _phash_distance)
     app.router.add_get("/v1/duplicates", _duplicates)
@@ -693,19 +698,47 @@ async def _metadata_from_url(request: web.Request) -> web.Response:
     return _json(extraction.metadata)
 
 
-async def _stored_metadata(request: web.Request) -> web.Response:
-    """``GET /v1/files/{id}/metadata``: the stored object of a catalogued image."""
+def _image_id(request: web.Request) -> int:
     text = request.match_info["id"]
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise NotFoundError(f"no image with id {text!r}: ids are positive integers")
+    return int(text)
+
+
+async def _stored_metadata(request: web.Request) -> web.Response:
+    """``GET /v1/files/{id}/metadata``: the stored object of a catalogued image."""
+    image_id = _image_id(request)
     services = request.app[SERVICES]
     try:
-        metadata = await services.catalogue.run(show, int(text))
+        metadata = await services.catalogue.run(show, image_id)
     except ImageNotFoundError as exc:
         # Clients need not know where the catalogue lives.
         where = f" at {services.catalogue.catalogue.url}"
         raise NotFoundError(str(exc).replace(where, "")) from None
     return _json(metadata)
+
+
+async def _stored_thumbnail(request: web.Request) -> web.Response:
+    """``GET /v1/files/{id}/thumbnail``: the stored WebP thumbnail of a catalogued image,
+    with a strong ETag (of its bytes) and a year's caching; 304 when If-None-Match has it."""
+    image_id = _image_id(request)
+    thumbnail = await request.app[SERVICES].catalogue.run(thumbnail_of, image_id)
+    if thumbnail is None:
+        raise NotFoundError(f"no thumbnail of an image with id {image_id}")
+    etag = f'"{hashlib.sha256(thumbnail.webp).hexdigest()[:32]}"'
+    headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: THUMBNAIL_CACHING}
+    if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=thumbnail.webp, content_type="image/webp", headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names ``etag`` (weak comparison, as RFC 9110 has
+    it for If-None-Match) or is ``*``."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag in tags or "*" in tags
 
 
 async def _similar(request: web.Request) -> web.Response:

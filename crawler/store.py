@@ -26,7 +26,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from crawler.catalogue import Catalogue
 from crawler.errors import CatalogueError
 from crawler.hashes import hex_to_signed
-from crawler.models import CHUNK_COLUMNS, STATUSES, images, phash_chunks, url_key
+from crawler.metadata import Thumbnail
+from crawler.models import CHUNK_COLUMNS, STATUSES, images, phash_chunks, thumbnails, url_key
 from crawler.seeds import host_of
 
 BATCH_SIZE: Final = 500
@@ -66,6 +67,7 @@ class CrawlResult:
     metadata: dict[str, Any] | None = None
     hash_algorithm: str | None = None
     warnings: Sequence[str] = ()
+    thumbnail: Thumbnail | None = None  # stored in ``thumbnails``, replacing the row's last
     revalidation: bool = False  # the row had a stored copy, which this fetch checked
 
     @property
@@ -80,18 +82,47 @@ def store_results(catalogue: Catalogue, results: Sequence[CrawlResult]) -> None:
         return
     now = datetime.now(UTC)
     keep_nul = catalogue.dialect != "postgresql"
-    rows = [
-        _keyed(_storable(result_row(result, now), keep_nul))
-        for result in results
-        if not result.keeps_copy
-    ]
+    stored = [result for result in results if not result.keeps_copy]
+    rows = [_keyed(_storable(result_row(result, now), keep_nul)) for result in stored]
     checks = [_storable(_failed_check(result, now), keep_nul) for result in results]
     statement = _upsert_statement(catalogue.dialect)
     with catalogue.engine.begin() as connection:
         for start in range(0, len(rows), BATCH_SIZE):
             connection.execute(statement, rows[start : start + BATCH_SIZE])
+        _replace_thumbnails(connection, [row["url_hash"] for row in rows], stored)
         if failed_checks := [check for check in checks if check is not None]:
             connection.execute(_RECORD_FAILED_CHECK, failed_checks)
+
+
+def _replace_thumbnails(
+    connection: sa.Connection, keys: list[bytes], stored: list[CrawlResult]
+) -> None:
+    """The thumbnail of each row just stored (by URL key) is its result's, or none."""
+    for start in range(0, len(keys), BATCH_SIZE):
+        connection.execute(_DELETE_THUMBNAILS, {"keys": keys[start : start + BATCH_SIZE]})
+    made = [
+        {"key": key, "width": thumbnail.width, "height": thumbnail.height, "webp": thumbnail.webp}
+        for key, result in zip(keys, stored, strict=True)
+        if (thumbnail := result.thumbnail) is not None
+    ]
+    if made:
+        connection.execute(_INSERT_THUMBNAIL, made)
+
+
+_DELETE_THUMBNAILS: Final = sa.delete(thumbnails).where(
+    thumbnails.c.image_id.in_(
+        sa.select(images.c.id).where(images.c.url_hash.in_(sa.bindparam("keys", expanding=True)))
+    )
+)
+_INSERT_THUMBNAIL: Final = sa.insert(thumbnails).from_select(
+    ["image_id", "width", "height", "webp"],
+    sa.select(
+        images.c.id,
+        sa.bindparam("width", type_=sa.Integer),
+        sa.bindparam("height", type_=sa.Integer),
+        sa.bindparam("webp", type_=sa.LargeBinary),
+    ).where(images.c.url_hash == sa.bindparam("key")),
+)
 
 
 def _keyed(row: dict[str, Any]) -> dict[str, Any]:

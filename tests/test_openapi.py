@@ -74,6 +74,7 @@ def _stored(url: str, seed: int) -> CrawlResult:
         fetched_at=datetime.now(UTC),
         metadata=extraction.metadata,
         hash_algorithm=extraction.hash_algorithm,
+        thumbnail=extraction.thumbnail,
     )
 
 

@@ -8,10 +8,22 @@ and are registered here; each imports the library it calls only when it runs.
 import atexit
 import gc
 
-from crawler.cli import catalogue_commands, crawl_commands, extract_commands, serve_commands
+from crawler.cli import (
+    catalogue_commands,
+    crawl_commands,
+    extract_commands,
+    serve_commands,
+    thumbnail_commands,
+)
 from crawler.cli.common import cli
 
-for module in (extract_commands, catalogue_commands, crawl_commands, serve_commands):
+for module in (
+    extract_commands,
+    catalogue_commands,
+    crawl_commands,
+    serve_commands,
+    thumbnail_commands,
+):
     module.register(cli)
 
 

@@ -2,28 +2,34 @@
 
 ``extract(data)`` is the one entry point. It reads the header facts (``image``), the JPEG
 quality estimate (``quality``), the EXIF sections (``exif``) and the perceptual hash
-(``phash``), and assembles them in the documented key order.
+(``phash``), and assembles them in the documented key order; beside the object, a
+thumbnail from the pixels the pHash decoded (``thumbnail``).
 """
 
-from typing import Any
+from typing import Any, Final
 
 from crawler.config import ExtractSettings
-from crawler.errors import ExifError, MemoryExhaustedError
-from crawler.extract import exif, image, phash, quality
+from crawler.errors import DecodeError, ExifError, MemoryExhaustedError
+from crawler.extract import exif, image, phash, quality, thumbnail
 from crawler.hashes import to_hex
-from crawler.metadata import Extraction
+from crawler.metadata import Extraction, Thumbnail
+
+# The most bytes a streamed decode may be held in memory for its thumbnail, as a share of
+# extract.memory_limit (128 MiB by default: a 40-megapixel 8-bit RGB PNG or TIFF).
+_HELD_SHARE: Final = 8
 
 
 def extract(
     data: bytes, source: str | None = None, settings: ExtractSettings | None = None
 ) -> Extraction:
-    """The metadata object of the image in ``data``.
+    """The metadata object of the image in ``data``, and its thumbnail of
+    ``settings.thumbnail_size`` pixels (none for 0).
 
     ``source`` (a path or URL) only names the image in error messages. Raises an
     ``ImageError`` subclass when the bytes are not a readable image, or would cost more to
     decode than ``settings`` allow (estimated from the header); broken EXIF does not
     raise: what can be read of it is kept, and each problem is in ``warnings`` (``exif`` is
-    ``{}`` where even its header is unreadable).
+    ``{}`` where even its header is unreadable), nor does a thumbnail that cannot be made.
     """
     settings = settings or ExtractSettings()
     where = f" ({source})" if source else ""
@@ -52,7 +58,10 @@ def _extract(data: bytes, settings: ExtractSettings, where: str) -> Extraction:
         exif_sections = {}
         exif_problems.append(str(exc))
     warnings = [f"exif: {problem}" for problem in exif_problems]
-    hash_value = phash.compute(data, header, settings.hash_algorithm, where=where)
+    hold_most = settings.memory_limit // _HELD_SHARE if settings.thumbnail_size else 0
+    hash_value, pixels = phash.compute_keeping_pixels(
+        data, header, settings.hash_algorithm, where, hold_most=hold_most
+    )
     metadata = {
         "height": header.height,
         "width": header.width,
@@ -65,7 +74,32 @@ def _extract(data: bytes, settings: ExtractSettings, where: str) -> Extraction:
         "pHash": to_hex(hash_value),
         "exif": exif_sections,
     }
-    return Extraction(metadata, settings.hash_algorithm, warnings)
+    made = _thumbnail(pixels, header.format, settings.thumbnail_size, where, warnings)
+    return Extraction(metadata, settings.hash_algorithm, warnings, made)
+
+
+def _thumbnail(
+    pixels: phash.DecodedPixels | None,
+    image_format: str,
+    size: int,
+    where: str,
+    warnings: list[str],
+) -> Thumbnail | None:
+    """The thumbnail of ``size`` pixels (0: none) of the decoded ``pixels``; where it
+    cannot be made, None and a warning: the image's metadata stands without it."""
+    if not size:
+        return None
+    if pixels is None:
+        warnings.append(
+            f"thumbnail: not made: its decoded pixels take more than extract.memory_limit"
+            f" / {_HELD_SHARE} to hold"
+        )
+        return None
+    try:
+        return thumbnail.make(pixels, size, image_format, where)
+    except DecodeError as exc:
+        warnings.append(f"thumbnail: {exc}")
+        return None
 
 
 def extract_metadata(

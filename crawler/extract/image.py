@@ -395,6 +395,11 @@ def decode_with_pillow(
     return _apply_orientation(picture, header.orientation)
 
 
+def decoded_bytes(image: pyvips.Image) -> int:
+    """The bytes ``image`` takes once all its pixels are decoded into memory."""
+    return image.width * image.height * image.bands * _SAMPLE_BYTES.get(image.format, 8)
+
+
 def _pillow_open(data: bytes, image_format: str) -> ImageFile.ImageFile:
     """Pillow's lazy image of ``data``, opened by the plugin of ``image_format``.
 

@@ -5,7 +5,7 @@ The arithmetic on hash values (hex text, the stored signed integer, distance) is
 """
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
 import numpy as np
@@ -20,6 +20,7 @@ from crawler.extract.image import (
     decode_jpeg_as_libvips,
     decode_palette_as_libvips,
     decode_with_pillow,
+    decoded_bytes,
     load_vips,
     vips_errors,
     vips_messages_decoded,
@@ -91,8 +92,29 @@ def compute(data: bytes, header: ImageHeader, algorithm: str, where: str = "") -
     ``header`` is ``image.read_header(data, ...)``, already checked against the pixel limit.
     Raises DecodeError when the pixels cannot be decoded, ConfigError for an unknown algorithm.
     """
+    return compute_keeping_pixels(data, header, algorithm, where, hold_most=0)[0]
+
+
+@dataclass(frozen=True)
+class DecodedPixels:
+    """The pixels a pHash was computed from: ``image`` turned by ``orientation`` (EXIF, 1..8)
+    is the image as it is shown."""
+
+    image: "ReducedImage"
+    orientation: int
+
+
+def compute_keeping_pixels(
+    data: bytes, header: ImageHeader, algorithm: str, where: str = "", *, hold_most: int
+) -> tuple[int, DecodedPixels | None]:
+    """``compute(...)``, and the pixels it decoded for it, for other uses of the same decode.
+
+    A libvips image streams its pixels to the pHash and could not give them again, so it is
+    held in memory first: where that takes more than ``hold_most`` bytes (0: never), the
+    pixels are not kept (None), and the hash is computed as by ``compute``.
+    """
     if algorithm == "imagekit":
-        return imagekit_phash(data, header, where)
+        return imagekit_phash(data, header, where, hold_most)
     if algorithm == "imagehash":
         return imagehash_phash(data, header, where)
     raise ConfigError(
@@ -100,29 +122,36 @@ def compute(data: bytes, header: ImageHeader, algorithm: str, where: str = "") -
     )
 
 
-def imagekit_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
-    """ImageKit's pHash (npm sharp-phash 2.2.0), bit for bit where libvips decodes the image.
+def imagekit_phash(
+    data: bytes, header: ImageHeader, where: str = "", hold_most: int = 0
+) -> tuple[int, DecodedPixels | None]:
+    """ImageKit's pHash (npm sharp-phash 2.2.0), bit for bit where libvips decodes the image,
+    and the pixels it was computed from where they fit in ``hold_most`` bytes (see
+    ``compute_keeping_pixels``).
 
     What libvips cannot decode here (HEVC-coded HEIF, BMP, JPEGs whose corrupt data libvips
     gives up on) is decoded by Pillow and then takes the same greyscale/resize steps; sharp
     itself gives no hash for those.
     """
     if header.format not in VIPS_FORMATS:
-        return _dct_hash(_greyscale_32_via_pillow(data, header, where))
+        return _hash_via_pillow(data, header, where, hold_most)
     try:
-        samples = _greyscale_32(decode_reduced(data, header, where), header, where)
+        reduced, kept = _held(decode_reduced(data, header, where), header, where, hold_most)
+        samples = _greyscale_32(reduced, header, where)
     except DecodeError as vips_failure:
         if header.format not in _PILLOW_FALLBACK_FORMATS:
             raise
         try:
-            samples = _greyscale_32_via_pillow(data, header, where)
+            return _hash_via_pillow(data, header, where, hold_most)
         except DecodeError:
             raise vips_failure from None
-    return _dct_hash(samples)
+    pixels = DecodedPixels(reduced, header.orientation) if kept else None
+    return _dct_hash(samples), pixels
 
 
-def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
-    """``imagehash.phash`` of the oriented image, for catalogues hashed with that library.
+def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> tuple[int, DecodedPixels]:
+    """``imagehash.phash`` of the oriented image, for catalogues hashed with that library,
+    and the pixels it was computed from.
 
     This is a different algorithm from ImageKit's (median threshold, DC term included): the
     two give unrelated bits for the same image (32 apart on Canon_40D.jpg), so hashes of the
@@ -132,7 +161,7 @@ def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> int:
     import imagehash  # only catalogues of this algorithm pay for its import
 
     picture = decode_with_pillow(data, header, where)
-    return int(str(imagehash.phash(picture)), 16)
+    return int(str(imagehash.phash(picture)), 16), DecodedPixels(picture, 1)
 
 
 # The image as sharp's loader hands it on: decoded at the reduced size shrink-on-load gives
@@ -159,9 +188,28 @@ def decode_reduced(data: bytes, header: ImageHeader, where: str = "") -> Reduced
     return load_vips(data, header.format, where, **load_options)
 
 
-def _greyscale_32_via_pillow(data: bytes, header: ImageHeader, where: str) -> np.ndarray:
+def _hash_via_pillow(
+    data: bytes, header: ImageHeader, where: str, hold_most: int
+) -> tuple[int, DecodedPixels | None]:
     picture = decode_with_pillow(data, header, where, min_size=_SAMPLE_SIZE)
-    return _greyscale_32(picture, replace(header, orientation=1), where)
+    samples = _greyscale_32(picture, replace(header, orientation=1), where)
+    return _dct_hash(samples), DecodedPixels(picture, 1) if hold_most else None
+
+
+def _held(
+    reduced: ReducedImage, header: ImageHeader, where: str, hold_most: int
+) -> tuple[ReducedImage, bool]:
+    """``reduced``, and whether it can be read again after the pHash has read it: a Pillow
+    image can; a libvips image once copied to memory, where it takes at most ``hold_most``
+    bytes (the copy keeps the loader's sequential mark, so libvips reduces it as before)."""
+    if not hold_most:
+        return reduced, False
+    if isinstance(reduced, Image.Image):
+        return reduced, True
+    if decoded_bytes(reduced) > hold_most:
+        return reduced, False
+    with vips_errors(header.format, where, "pixels"):
+        return reduced.copy_memory(), True
 
 
 def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.ndarray:
@@ -170,7 +218,7 @@ def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.
         grey = _numpy_grey(reduced)
         if grey is None:
             if isinstance(reduced, Image.Image):
-                reduced = _vips_from_pillow(reduced)
+                reduced = vips_from_pillow(reduced)
             return _sharp_pipeline(reduced, header.orientation)
     sequential = isinstance(reduced, pyvips.Image)
     samples = resample.reduce_to(grey, _SAMPLE_SIZE, _SAMPLE_SIZE, sequential=sequential)
@@ -254,11 +302,7 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
         # Already the 8-bit grey sharp hands over; turning 32 x 32 samples in numpy saves
         # the cost of three more libvips operations.
         return _oriented(_samples(image), orientation)
-    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
-    if quarter_turns:
-        image = image.rot(f"d{90 * quarter_turns}")
-    if mirror:
-        image = image.fliphor()
+    image = oriented_vips(image, orientation)
     if has_alpha:
         image = image.unpremultiply().cast(band_format)
     if image.interpretation in _SIXTEEN_BIT:
@@ -266,6 +310,14 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
     if image.interpretation != "srgb":
         image = image.colourspace("srgb", source_space=image.interpretation)
     return _samples(image[0].cast("uchar"))
+
+
+def oriented_vips(image: pyvips.Image, orientation: int) -> pyvips.Image:
+    """``image`` turned as sharp's ``rotate()`` turns it for EXIF ``orientation``."""
+    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
+    if quarter_turns:
+        image = image.rot(f"d{90 * quarter_turns}")
+    return image.fliphor() if mirror else image
 
 
 def _oriented(samples: np.ndarray, orientation: int) -> np.ndarray:
@@ -300,7 +352,7 @@ def _to_processing_space(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
-def _vips_from_pillow(picture: Image.Image) -> pyvips.Image:
+def vips_from_pillow(picture: Image.Image) -> pyvips.Image:
     """A libvips image of Pillow's pixels, with the ICC profile when it still applies."""
     icc_profile = picture.info.get("icc_profile")
     if picture.mode not in ("L", "LA", "RGB", "RGBA"):
