@@ -27,7 +27,9 @@ from crawler.hashes import DEFAULT_MAX_DISTANCE
 if TYPE_CHECKING:  # each call imports what it needs: opening a catalogue loads no crawl code
     from crawler.duplicates import DuplicateGroup, RedundantImage
     from crawler.engine import CrawlSummary, ProgressCallback
+    from crawler.metadata import Thumbnail
     from crawler.query import SimilarRow
+    from crawler.thumbnails import ThumbnailCounts
 
 T = TypeVar("T")
 
@@ -95,6 +97,20 @@ class Catalogue(_catalogue.Catalogue):
         from crawler.query import export
 
         return export(self, fmt)
+
+    def thumbnail(self, image_id: int) -> Thumbnail | None:
+        """The stored thumbnail of the image with id ``image_id`` (``width``, ``height`` and
+        the ``webp`` bytes), or None when it has none."""
+        from crawler.thumbnails import thumbnail_of
+
+        return thumbnail_of(self, image_id)
+
+    def make_missing_thumbnails(self, *, settings: Settings | None = None) -> ThumbnailCounts:
+        """Make the thumbnails that catalogued local files lack, as ``crawler thumbnails``
+        does; returns how many were ``made``, ``changed`` and ``unreadable``."""
+        from crawler.thumbnails import make_missing_thumbnails
+
+        return _outside_running_loop(make_missing_thumbnails, self, _settings(settings))
 
     def __repr__(self) -> str:
         return f"<crawler.Catalogue {self.url}>"

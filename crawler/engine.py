@@ -213,7 +213,13 @@ class _Crawl:
         catalogue = await asyncio.to_thread(open_catalogue, self._settings.database.url)
         name = self._options.worker_id or default_crawler_name()
         feeder = Feeder(
-            catalogue, self._scheduler, self._crawl, name, self._count_many, self._guard
+            catalogue,
+            self._scheduler,
+            self._crawl,
+            name,
+            self._count_many,
+            self._guard,
+            thumbnails_wanted=self._settings.extract.thumbnail_size > 0,
         )
         try:
             await feeder.start()

@@ -78,7 +78,8 @@ class _Held:
 class Feeder:
     """Stocks ``scheduler`` from ``catalogue`` for the crawler named ``name``, its database
     work through ``guard`` (an outage pauses it). ``rows_failed(reason, count)`` hears of
-    rows failed in the catalogue without ever being claimed (those of a host that is down)."""
+    rows failed in the catalogue without ever being claimed (those of a host that is down).
+    ``thumbnails_wanted``: a stored copy without a thumbnail is fetched whole again."""
 
     def __init__(
         self,
@@ -88,8 +89,11 @@ class Feeder:
         name: str,
         rows_failed: RowsFailed,
         guard: DatabaseGuard,
+        *,
+        thumbnails_wanted: bool = False,
     ) -> None:
         self._catalogue = catalogue
+        self._thumbnails_wanted = thumbnails_wanted
         self._guard = guard
         self._scheduler = scheduler
         self._settings = settings
@@ -277,6 +281,7 @@ class Feeder:
             limits,
             now,
             self._lease.live_since(now),
+            thumbnails_wanted=self._thumbnails_wanted,
         )
         for key, host_claims in claimed.items():
             if len(host_claims.claims) < limits[key]:

@@ -13,6 +13,7 @@ moment from waiting on each other; SQLite runs each statement under its single w
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -20,7 +21,7 @@ from crawler.catalogue import Catalogue
 from crawler.fetch import Validators
 from crawler.frontier.crawlers import first_unheld, held_by_live_crawler
 from crawler.frontier.seeding import note_work
-from crawler.models import hosts, images, url_key
+from crawler.models import hosts, images, thumbnails, url_key
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,22 @@ def claim_rows(
     host_limits: dict[str, int],
     now: datetime,
     live_since: datetime,
+    *,
+    thumbnails_wanted: bool = False,
 ) -> dict[str, HostClaims]:
     """Claim up to ``host_limits[host]`` pending rows of each host (oldest first) that no
-    live crawler holds, in one transaction; returns them by host."""
+    live crawler holds, in one transaction; returns them by host.
+
+    ``thumbnails_wanted``: a stored copy without a thumbnail gets no conditional request
+    (its validators are empty), so that it is downloaded and extracted again for one.
+    """
     claimed: dict[str, HostClaims] = {}
     with catalogue.engine.begin() as connection:
         for host, limit in host_limits.items():
             version = work_version(connection, host)
-            rows = _claim_host_rows(connection, crawler_id, host, limit, now, live_since)
+            rows = _claim_host_rows(
+                connection, crawler_id, host, limit, now, live_since, thumbnails_wanted
+            )
             claimed[host] = HostClaims(rows, version)
     return claimed
 
@@ -75,6 +84,7 @@ def _claim_host_rows(
     limit: int,
     now: datetime,
     live_since: datetime,
+    thumbnails_wanted: bool,
 ) -> list[Claim]:
     claimable = first_unheld(
         images.c.id,
@@ -102,10 +112,26 @@ def _claim_host_rows(
         )
     )
     rows = sorted(connection.execute(statement).all(), key=lambda row: row.id)
-    return [
-        Claim(row.url, host, Validators(row.etag, row.last_modified) if row.format else None)
-        for row in rows
-    ]
+    copies = [row.id for row in rows if row.format]
+    lacking = _without_thumbnails(connection, copies) if thumbnails_wanted else set()
+    return [Claim(row.url, host, _validators(row, lacking)) for row in rows]
+
+
+def _validators(row: sa.Row[Any], lacking_thumbnails: set[int]) -> Validators | None:
+    """For a conditional request of the row's stored copy; empty (an unconditional request)
+    for a copy that lacks its thumbnail; None where the row has no stored copy."""
+    if not row.format:
+        return None
+    if row.id in lacking_thumbnails:
+        return Validators()
+    return Validators(row.etag, row.last_modified)
+
+
+def _without_thumbnails(connection: sa.Connection, image_ids: list[int]) -> set[int]:
+    if not image_ids:
+        return set()
+    having = sa.select(thumbnails.c.image_id).where(thumbnails.c.image_id.in_(image_ids))
+    return set(image_ids) - set(connection.execute(having).scalars())
 
 
 def release(catalogue: Catalogue, crawler_id: str, urls: Sequence[str] | None = None) -> int:
