@@ -1,12 +1,15 @@
-"""Benchmark: requests per second of ``crawler serve`` for ``/v1/files/{id}/metadata`` and
-``/v1/similar``, with a loopback load generator at 64 concurrent connections.
+"""Benchmark: requests per second of ``crawler serve`` for ``/v1/files/{id}/metadata``,
+``/v1/files/{id}/thumbnail`` and ``/v1/similar``, with a loopback load generator at 64
+concurrent connections.
 
-Seeds a catalogue with ``--rows`` images (one real metadata object, each row with its own
-pHash and SHA-256), starts ``crawler serve`` in its own process (rate limit lifted), and
-drives it from this process with one aiohttp session of ``--connections`` connections for
-``--seconds`` per endpoint. Prints requests/s, latency percentiles and any non-200 answers.
+Seeds a catalogue with ``--rows`` images (one real metadata object and its thumbnail, each
+row with its own pHash and SHA-256), starts ``crawler serve`` in its own process (rate
+limit lifted), and drives it from this process with one aiohttp session of
+``--connections`` connections for ``--seconds`` per endpoint (``--endpoint`` picks some).
+Prints requests/s, latency percentiles and any non-200 answers.
 
     .venv/bin/python -m bench.serve
+    .venv/bin/python -m bench.serve --endpoint thumbnail --rows 100000
     .venv/bin/python -m bench.serve --db postgresql://postgres@127.0.0.1:5432/crawler_bench_serve
 
 Only 127.0.0.1 is ever contacted.
@@ -63,7 +66,8 @@ class Outcome:
 
 def seed_catalogue(url: str, rows: int) -> list[str]:
     """Fill the catalogue; returns the stored pHashes."""
-    metadata = extract(SAMPLE.read_bytes()).metadata
+    extraction = extract(SAMPLE.read_bytes())
+    metadata = extraction.metadata
     generator = random.Random(5)
     hashes = [to_hex(generator.getrandbits(64)) for _ in range(rows)]
     results = [
@@ -74,6 +78,7 @@ def seed_catalogue(url: str, rows: int) -> list[str]:
             fetched_at=datetime.now(UTC),
             metadata={**metadata, "pHash": phash},
             hash_algorithm="imagekit",
+            thumbnail=extraction.thumbnail,
         )
         for index, phash in enumerate(hashes)
     ]
@@ -93,7 +98,7 @@ def free_port() -> int:
 
 
 def start_server(database_url: str, port: int, config: Path) -> subprocess.Popen[bytes]:
-    config.write_text(f"[serve]\nport = {port}\nrate_limit_per_minute = 1000000000\n")
+    config.write_text(f"[serve]\nport = {port}\nrate_limit_per_minute = 1000000\n")
     crawler = Path(sys.executable).parent / "crawler"
     env = {**os.environ, "CRAWLER_CONFIG": str(config)}
     return subprocess.Popen(
@@ -145,20 +150,37 @@ async def drive(
     return Outcome(name, len(latencies), elapsed, latencies, statuses)
 
 
-async def run(base: str, rows: int, hashes: list[str], connections: int, seconds: float) -> None:
-    await wait_until_up(base)
+Endpoint = tuple[str, Callable[[random.Random], str]]  # its name, a maker of its paths
+
+
+def endpoints(rows: int, hashes: list[str]) -> dict[str, Endpoint]:
+    """Each endpoint by its short name."""
 
     def file_path(generator: random.Random) -> str:
         return f"/v1/files/{generator.randint(1, rows)}/metadata"
+
+    def thumbnail_path(generator: random.Random) -> str:
+        return f"/v1/files/{generator.randint(1, rows)}/thumbnail"
 
     def similar_path(generator: random.Random) -> str:
         near = int(generator.choice(hashes), 16) ^ (1 << generator.randrange(64))
         return f"/v1/similar?phash={to_hex(near)}&max_distance=10&limit=10"
 
-    for name, make_path in (
-        ("/v1/files/{id}/metadata", file_path),
-        ("/v1/similar (radius 10)", similar_path),
-    ):
+    return {
+        "metadata": ("/v1/files/{id}/metadata", file_path),
+        "thumbnail": ("/v1/files/{id}/thumbnail", thumbnail_path),
+        "similar": ("/v1/similar (radius 10)", similar_path),
+    }
+
+
+async def run(
+    base: str,
+    chosen: list[Endpoint],
+    connections: int,
+    seconds: float,
+) -> None:
+    await wait_until_up(base)
+    for name, make_path in chosen:
         await drive(name, base, make_path, connections, 1.0)  # warm up
         print((await drive(name, base, make_path, connections, seconds)).line(), flush=True)
 
@@ -169,6 +191,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        choices=("metadata", "thumbnail", "similar"),
+        help="measure only this endpoint (again for more; default: all)",
+    )
     arguments = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     database_url = arguments.db
@@ -179,6 +207,8 @@ def main() -> None:
         database_url = f"sqlite:///{path}"
     started = time.monotonic()
     hashes = seed_catalogue(database_url, arguments.rows)
+    known = endpoints(arguments.rows, hashes)
+    chosen = [known[name] for name in arguments.endpoint or known]
     print(
         f"catalogue: {arguments.rows} rows in {time.monotonic() - started:.1f} s "
         f"({database_url.split(':')[0]}), {arguments.connections} connections, "
@@ -190,13 +220,7 @@ def main() -> None:
         server = start_server(database_url, port, Path(scratch) / "crawler.toml")
         try:
             asyncio.run(
-                run(
-                    f"http://127.0.0.1:{port}",
-                    arguments.rows,
-                    hashes,
-                    arguments.connections,
-                    arguments.seconds,
-                )
+                run(f"http://127.0.0.1:{port}", chosen, arguments.connections, arguments.seconds)
             )
         finally:
             server.terminate()

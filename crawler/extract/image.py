@@ -392,7 +392,7 @@ def decode_with_pillow(
         raise DecodeError(f"cannot decode {header.format} pixels: unreadable{where}") from None
     except _PILLOW_ERRORS as exc:
         raise _decode_failure(header.format, "pixels", one_line(str(exc)), where) from None
-    return _apply_orientation(picture, header.orientation)
+    return apply_orientation(picture, header.orientation)
 
 
 def decoded_bytes(image: pyvips.Image) -> int:
@@ -414,7 +414,8 @@ def _draft_size(header: ImageHeader, min_size: int) -> tuple[int, int]:
     return (min(min_size, header.width), min(min_size, header.height))
 
 
-def _apply_orientation(picture: Image.Image, orientation: int) -> Image.Image:
+def apply_orientation(picture: Image.Image, orientation: int) -> Image.Image:
+    """``picture`` as shown: turned and mirrored for its EXIF ``orientation``."""
     transpose = _ORIENTATION_TRANSPOSE.get(orientation)
     return picture.transpose(transpose) if transpose is not None else picture
 
