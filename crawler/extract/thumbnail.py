@@ -6,9 +6,9 @@ those pixels are fewer than ``extract.thumbnail_size`` (a JPEG under 8 x that si
 its longest side, any WebP) it is as big as they are. (Decoding such a JPEG less reduced
 would move pHash bits: 17 of the 47 corpus JPEGs concerned.)
 
-Pillow images (JPEG, palette PNG and GIF pixels) are reduced, converted and encoded by
-Pillow, the profile's transform kept from one image to the next (``icc``); libvips images
-(the rest: 16-bit, CMYK, alpha...) are reduced and converted by libvips first.
+Reduced, converted to sRGB and encoded by Pillow, with the colour profile's transform kept
+from one image to the next (``icc``); libvips reduces and converts first what Pillow does
+not take (16-bit, CMYK, other profiles).
 """
 
 import contextlib
@@ -55,9 +55,8 @@ def _reduced_in_srgb(image: ReducedImage, size: int) -> Image.Image:
     """``image`` at most ``size`` pixels along its longest side, in 8-bit sRGB (or grey),
     alpha kept: a Pillow image of mode L, LA, RGB or RGBA."""
     if isinstance(image, pyvips.Image):
-        picture, profile = _reduced_by_vips(image, size)
-    else:
-        picture, profile = _reduced_by_pillow(image, size)
+        image = _as_pillow(image, size)
+    picture, profile = _reduced_by_pillow(image, size)
     if profile is None:
         return picture
     converted = Image.fromarray(icc.to_srgb(np.asarray(picture.convert("RGB")), profile), "RGB")
@@ -66,21 +65,26 @@ def _reduced_in_srgb(image: ReducedImage, size: int) -> Image.Image:
     return converted
 
 
-def _reduced_by_vips(image: pyvips.Image, size: int) -> tuple[Image.Image, bytes | None]:
-    """The reduced image, and the colour profile its pixels are still in (None: sRGB)."""
-    small = image.thumbnail_image(size, height=size, size="down", no_rotate=True)
-    profile = small.get("icc-profile-data") if small.get_typeof("icc-profile-data") else None
-    eight_bit_rgb = small.format == "uchar" and small.interpretation == "srgb"
-    if profile and not (eight_bit_rgb and small.bands in (3, 4) and icc.can_convert(profile)):
+def _as_pillow(image: pyvips.Image, size: int) -> Image.Image:
+    """The pixels of ``image`` as an 8-bit Pillow image, its colour profile in its info.
+
+    8-bit RGB and grey are copied as they are: Pillow reduces them faster than a libvips
+    pipeline is set up. The rest (16-bit, CMYK, profiles ``icc`` cannot convert) are
+    reduced and converted to sRGB by libvips first.
+    """
+    profile = image.get("icc-profile-data") if image.get_typeof("icc-profile-data") else None
+    eight_bit = image.format == "uchar" and image.interpretation in ("srgb", "b-w")
+    if not eight_bit or (profile and not icc.can_convert(profile)):
+        image = image.thumbnail_image(size, height=size, size="down", no_rotate=True)
+        if profile or image.interpretation == "cmyk":
+            image = _vips_srgb(image)
+        image = image.colourspace("srgb" if image.bands >= 3 else "b-w").cast("uchar")
         profile = None
-        small = _vips_srgb(small)
-    elif small.interpretation == "cmyk":
-        small = _vips_srgb(small)
-    small = small.colourspace("srgb" if small.bands >= 3 else "b-w").cast("uchar")
-    pixels = np.ndarray((small.height, small.width, small.bands), np.uint8, small.write_to_memory())
-    if small.bands == 1:
-        pixels = pixels.squeeze(axis=2)
-    return Image.fromarray(pixels, _MODES[small.bands]), profile
+    pixels = np.ndarray((image.height, image.width, image.bands), np.uint8, image.write_to_memory())
+    picture = Image.fromarray(pixels[:, :, 0] if image.bands == 1 else pixels, _MODES[image.bands])
+    if profile:
+        picture.info["icc_profile"] = profile
+    return picture
 
 
 def _vips_srgb(image: pyvips.Image) -> pyvips.Image:
