@@ -39,6 +39,7 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from crawler import hashes
+from crawler.batching import BatchedReads
 from crawler.catalogue import Catalogue, database_problem, open_catalogue
 from crawler.config import ServeSettings, Settings
 from crawler.downloader import Downloads
@@ -47,7 +48,7 @@ from crawler.errors import ConfigError, CrawlerError
 from crawler.extraction_pool import ExtractionPool, pool_size
 from crawler.fetch import Fetched
 from crawler.hashes import DEFAULT_MAX_DISTANCE
-from crawler.metadata import Extraction
+from crawler.metadata import Extraction, Thumbnail
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.outage import is_transient
 from crawler.output import to_json
@@ -55,7 +56,7 @@ from crawler.query import ImageNotFoundError, show, similar
 from crawler.seeds import SeedError, normalise_url
 from crawler.serve_connections import GuardedSite, connection_limits, track_requests
 from crawler.store import CrawlResult, store_results
-from crawler.thumbnails import thumbnail_of
+from crawler.thumbnails import thumbnails_of
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,7 @@ class Services:
     limiter: RateLimiter
     auth_failures: RateLimiter
     duplicates: DuplicatesCache
+    thumbnails: BatchedReads[int, Thumbnail]
 
 
 SERVICES = web.AppKey("services", Services)
@@ -416,6 +418,9 @@ def _services_context(
                 async def grouping(max_distance: int) -> list[DuplicateGroup]:
                     return await calls.run(duplicates, max_distance, algorithm=algorithm)
 
+                async def thumbnails(image_ids: list[int]) -> dict[int, Thumbnail]:
+                    return await calls.run(thumbnails_of, image_ids)
+
                 app[SERVICES] = Services(
                     settings,
                     calls,
@@ -423,6 +428,7 @@ def _services_context(
                     RateLimiter(serve.rate_limit_per_minute),
                     RateLimiter(serve.auth_failures_per_minute),
                     DuplicatesCache(grouping),
+                    BatchedReads(thumbnails),
                 )
                 yield
         finally:
@@ -722,7 +728,8 @@ async def _stored_thumbnail(request: web.Request) -> web.Response:
     """``GET /v1/files/{id}/thumbnail``: the stored WebP thumbnail of a catalogued image,
     with a strong ETag (of its bytes) and a year's caching; 304 when If-None-Match has it."""
     image_id = _image_id(request)
-    thumbnail = await request.app[SERVICES].catalogue.run(thumbnail_of, image_id)
+    # read together with the others asked for meanwhile: a page's tiles come at once
+    thumbnail = await request.app[SERVICES].thumbnails.get(image_id)
     if thumbnail is None:
         raise NotFoundError(f"no thumbnail of an image with id {image_id}")
     etag = f'"{hashlib.sha256(thumbnail.webp).hexdigest()[:32]}"'

@@ -141,9 +141,14 @@ def store_thumbnails(catalogue: Catalogue, made: Sequence[tuple[int, Thumbnail]]
 def thumbnail_of(catalogue: Catalogue, image_id: int) -> Thumbnail | None:
     """The stored thumbnail of the image with id ``image_id``; None if it has none (or
     there is no such image)."""
-    query = sa.select(thumbnails.c.width, thumbnails.c.height, thumbnails.c.webp).where(
-        thumbnails.c.image_id == image_id
-    )
+    return thumbnails_of(catalogue, [image_id]).get(image_id)
+
+
+def thumbnails_of(catalogue: Catalogue, image_ids: Sequence[int]) -> dict[int, Thumbnail]:
+    """The stored thumbnails of those of ``image_ids`` that have one, by image id."""
+    query = sa.select(
+        thumbnails.c.image_id, thumbnails.c.width, thumbnails.c.height, thumbnails.c.webp
+    ).where(thumbnails.c.image_id.in_(image_ids))
     with catalogue.engine.connect() as connection:
-        row = connection.execute(query).first()
-    return None if row is None else Thumbnail(row.width, row.height, bytes(row.webp))
+        rows = connection.execute(query).all()
+    return {row.image_id: Thumbnail(row.width, row.height, bytes(row.webp)) for row in rows}

@@ -2,6 +2,7 @@
 SQLite and PostgreSQL, filled in by ``--refresh`` and by ``crawler thumbnails``, served with
 ETag and long caching by ``GET /v1/files/{id}/thumbnail``."""
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from PIL import Image
 
+from crawler.batching import MOST_KEYS, BatchedReads
 from crawler.catalogue import create_catalogue_engine, open_catalogue
 from crawler.cli import cli
 from crawler.config import ExtractSettings, Settings, load_settings
@@ -272,3 +274,33 @@ async def test_the_endpoint_serves_thumbnails_with_etag_and_long_caching(
             assert answer.status == 404, missing
             assert answer.content_type == "application/json"
             assert set(json.loads(body)) == {"message", "help"}
+
+        # A page's tiles at once: each gets its own image (they are read together).
+        names = [name for name in ids if name in stored] * 10
+        answers = await asyncio.gather(*(get(ids[name]) for name in names))
+        assert [body for _, body in answers] == [stored[name] for name in names]
+
+
+async def test_batched_reads_read_together_what_is_asked_meanwhile() -> None:
+    reads: list[list[int]] = []
+
+    async def read(keys: list[int]) -> dict[int, str]:
+        reads.append(keys)
+        await asyncio.sleep(0.01)
+        if 13 in keys:
+            raise ValueError("unlucky")
+        return {key: f"value {key}" for key in keys if key % 2 == 0}
+
+    batched: BatchedReads[int, str] = BatchedReads(read)
+    found = await asyncio.gather(*(batched.get(key) for key in [2, 3, 4, 2]))
+    assert found == ["value 2", None, "value 4", "value 2"]
+    assert reads == [[2, 3, 4]]
+    first = asyncio.ensure_future(batched.get(6))
+    await asyncio.sleep(0)  # its read has begun: the next ones wait for another
+    later = asyncio.gather(*(batched.get(key) for key in (8, 13)), return_exceptions=True)
+    assert await first == "value 6"
+    assert [str(result) for result in await later] == ["unlucky", "unlucky"]
+    assert reads[1:] == [[6], [8, 13]]
+    many = await asyncio.gather(*(batched.get(key) for key in range(1000, 2200, 2)))
+    assert many == [f"value {key}" for key in range(1000, 2200, 2)]
+    assert [len(keys) for keys in reads[3:]] == [MOST_KEYS, 600 - MOST_KEYS]
