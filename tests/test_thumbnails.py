@@ -25,7 +25,7 @@ from crawler.models import images, thumbnails
 from crawler.serve import create_app
 from tests.conftest import FIXTURES
 from tests.faultserver import FaultServer
-from tests.serve_support import TEST_HOSTS, api_settings, serving
+from tests.serve_support import TEST_HOSTS, UpstreamServer, api_settings, make_jpeg, serving
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 FAST_CRAWL = {
@@ -304,3 +304,18 @@ async def test_batched_reads_read_together_what_is_asked_meanwhile() -> None:
     many = await asyncio.gather(*(batched.get(key) for key in range(1000, 2200, 2)))
     assert many == [f"value {key}" for key in range(1000, 2200, 2)]
     assert [len(keys) for keys in reads[3:]] == [MOST_KEYS, 600 - MOST_KEYS]
+
+
+async def test_an_image_stored_through_the_api_has_its_thumbnail(db_url: str) -> None:
+    upstream = UpstreamServer({"a.jpg": make_jpeg(1, size=(640, 480))})
+    async with serving(upstream.app) as base:
+        allowed = api_settings(db_url, allow_hosts=(f"127.0.0.1:{base.port}",))
+        await asyncio.to_thread(lambda: open_catalogue(db_url).close())
+        app = create_app(allowed, resolver=TEST_HOSTS)
+        async with serving(app) as url, aiohttp.ClientSession() as client:
+            query = {"url": str(base / "img" / "a.jpg"), "store": "true"}
+            async with client.get(url.with_path("/v1/metadata").with_query(query)) as answer:
+                assert answer.status == 200
+            async with client.get(url.with_path("/v1/files/1/thumbnail")) as answer:
+                assert (answer.status, answer.content_type) == (200, "image/webp")
+                assert decoded(await answer.read()).size == (80, 60)  # 640 x 480 at 1/8
