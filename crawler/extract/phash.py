@@ -218,7 +218,7 @@ def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.
         grey = _numpy_grey(reduced)
         if grey is None:
             if isinstance(reduced, Image.Image):
-                reduced = vips_from_pillow(reduced)
+                reduced = _vips_from_pillow(reduced)
             return _sharp_pipeline(reduced, header.orientation)
     sequential = isinstance(reduced, pyvips.Image)
     samples = resample.reduce_to(grey, _SAMPLE_SIZE, _SAMPLE_SIZE, sequential=sequential)
@@ -302,7 +302,11 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
         # Already the 8-bit grey sharp hands over; turning 32 x 32 samples in numpy saves
         # the cost of three more libvips operations.
         return _oriented(_samples(image), orientation)
-    image = oriented_vips(image, orientation)
+    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
+    if quarter_turns:
+        image = image.rot(f"d{90 * quarter_turns}")
+    if mirror:
+        image = image.fliphor()
     if has_alpha:
         image = image.unpremultiply().cast(band_format)
     if image.interpretation in _SIXTEEN_BIT:
@@ -310,14 +314,6 @@ def _sharp_pipeline(image: pyvips.Image, orientation: int) -> np.ndarray:
     if image.interpretation != "srgb":
         image = image.colourspace("srgb", source_space=image.interpretation)
     return _samples(image[0].cast("uchar"))
-
-
-def oriented_vips(image: pyvips.Image, orientation: int) -> pyvips.Image:
-    """``image`` turned as sharp's ``rotate()`` turns it for EXIF ``orientation``."""
-    quarter_turns, mirror = _EXIF_ROTATION.get(orientation, (0, False))
-    if quarter_turns:
-        image = image.rot(f"d{90 * quarter_turns}")
-    return image.fliphor() if mirror else image
 
 
 def _oriented(samples: np.ndarray, orientation: int) -> np.ndarray:
@@ -352,7 +348,7 @@ def _to_processing_space(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
-def vips_from_pillow(picture: Image.Image) -> pyvips.Image:
+def _vips_from_pillow(picture: Image.Image) -> pyvips.Image:
     """A libvips image of Pillow's pixels, with the ICC profile when it still applies."""
     icc_profile = picture.info.get("icc_profile")
     if picture.mode not in ("L", "LA", "RGB", "RGBA"):
