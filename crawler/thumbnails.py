@@ -9,7 +9,7 @@ size and pHash. Web images get theirs from ``crawler run --refresh``.
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,11 +42,7 @@ class _Row:
     phash: int
 
 
-def make_missing_thumbnails(
-    catalogue: Catalogue,
-    settings: Settings,
-    progress: Callable[[ThumbnailCounts], None] | None = None,
-) -> ThumbnailCounts:
+def make_missing_thumbnails(catalogue: Catalogue, settings: Settings) -> ThumbnailCounts:
     """Make and store the thumbnail of every ``ok`` row of a local file that has none.
 
     Raises ConfigError when thumbnails are off (``extract.thumbnail_size`` is 0).
@@ -56,7 +52,7 @@ def make_missing_thumbnails(
     counts = ThumbnailCounts()
     for algorithm, rows in _rows_without_thumbnails(catalogue).items():
         extract = dataclasses.replace(settings.extract, hash_algorithm=algorithm)
-        _make(catalogue, dataclasses.replace(settings, extract=extract), rows, counts, progress)
+        _make(catalogue, dataclasses.replace(settings, extract=extract), rows, counts)
     return counts
 
 
@@ -82,7 +78,6 @@ def _make(
     settings: Settings,
     rows: dict[str, _Row],
     counts: ThumbnailCounts,
-    progress: Callable[[ThumbnailCounts], None] | None,
 ) -> None:
     from crawler.oneshot import extract_sources
 
@@ -98,8 +93,6 @@ def _make(
             made.append((row.id, result.thumbnail))
             if len(made) == STORE_EVERY:
                 _flush()
-        if progress is not None:
-            progress(counts)
 
     def _flush() -> None:
         counts.made += store_thumbnails(catalogue, made)
