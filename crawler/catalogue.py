@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The newest migration's revision: the one every catalogue is brought to.
-SCHEMA_HEAD: Final = "0004"
+SCHEMA_HEAD: Final = "0005"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 POSTGRESQL_CONNECT_TIMEOUT: Final = 10  # seconds

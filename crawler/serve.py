@@ -26,10 +26,10 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -38,7 +38,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from crawler import hashes
+from crawler import browse, hashes
 from crawler.batching import BatchedReads
 from crawler.catalogue import Catalogue, database_problem, open_catalogue
 from crawler.config import ServeSettings, Settings
@@ -49,6 +49,7 @@ from crawler.extraction_pool import ExtractionPool, pool_size
 from crawler.fetch import Fetched
 from crawler.hashes import DEFAULT_MAX_DISTANCE
 from crawler.metadata import Extraction, Thumbnail
+from crawler.models import STATUSES
 from crawler.netpolicy import AddressPolicy, BadURLError, PolicyResolver, parse_url
 from crawler.outage import is_transient
 from crawler.output import to_json
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = STATIC_DIR / "openapi.json"
 MAX_LIMIT = 1000
+MAX_TEXT_PARAMETER = 500
 DEFAULT_SIMILAR_LIMIT = 100
 DEFAULT_GROUPS_LIMIT = 100
 # Past 16 bits the pHashes of unrelated images link up (a catalogue becomes a few huge
@@ -112,10 +114,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-# The page shows the catalogue's images from their own hosts; everything else is ours.
+# The page loads nothing from any other host: its thumbnails are the catalogue's own.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src http: https: data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
 
@@ -396,6 +398,9 @@ def create_app(settings: Settings, *, resolver: AbstractResolver | None = None) 
     app.router.add_get("/v1/similar", _similar)
     app.router.add_get("/v1/phash-distance", _phash_distance)
     app.router.add_get("/v1/duplicates", _duplicates)
+    app.router.add_get("/v1/images", _grid)
+    app.router.add_get("/v1/images/{id}", _image_record)
+    app.router.add_get("/v1/summary", _summary)
     app.router.add_get("/static/{name}", _static_file)
     app.on_response_prepare.append(_add_security_headers)
     return app
@@ -680,6 +685,45 @@ def _bool_param(request: web.Request, name: str) -> bool:
     return text in ("true", "1")
 
 
+def _optional_bool_param(request: web.Request, name: str) -> bool | None:
+    return _bool_param(request, name) if name in request.query else None
+
+
+def _text_param(request: web.Request, name: str) -> str | None:
+    """A text parameter as given (``None`` when absent)."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if not text:
+        raise BadParameterError(f"parameter {name} is empty: leave it out to match any")
+    if len(text) > MAX_TEXT_PARAMETER:
+        raise BadParameterError(
+            f"parameter {name}: at most {MAX_TEXT_PARAMETER} characters, got {len(text)}"
+        )
+    return text
+
+
+def _choice_param(request: web.Request, name: str, choices: Sequence[str]) -> str | None:
+    text = _text_param(request, name)
+    if text is not None and text not in choices:
+        raise BadParameterError(
+            f"parameter {name}: expected one of {', '.join(choices)}, got {text!r}"
+        )
+    return text
+
+
+def _date_param(request: web.Request, name: str) -> date | None:
+    text = _text_param(request, name)
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadParameterError(
+            f"parameter {name}: expected a date as YYYY-MM-DD, got {text!r}"
+        ) from None
+
+
 def _hash_param(request: web.Request, name: str) -> str:
     text = _required(request, name)
     return hashes.to_hex(hashes.parse_hex(text))
@@ -746,6 +790,40 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return etag in tags or "*" in tags
+
+
+async def _grid(request: web.Request) -> web.Response:
+    """``GET /v1/images?sort=newest&limit=60&after=CURSOR&status=ok&...``: a page of the grid."""
+    filters = browse.Filters(
+        status=_choice_param(request, "status", STATUSES),
+        format=_text_param(request, "format"),
+        make=_text_param(request, "make"),
+        model=_text_param(request, "model"),
+        taken_from=_date_param(request, "taken_from"),
+        taken_to=_date_param(request, "taken_to"),
+        has_gps=_optional_bool_param(request, "gps"),
+        url_text=_text_param(request, "url"),
+    )
+    sort = _choice_param(request, "sort", browse.SORTS) or "newest"
+    limit = _int_param(request, "limit", browse.DEFAULT_PAGE_SIZE, 1, browse.MAX_PAGE_SIZE)
+    after = _text_param(request, "after")
+    page = await request.app[SERVICES].catalogue.run(browse.grid, filters, sort, limit, after)
+    return _json({"sort": sort, "images": page.images, "next": page.next})
+
+
+async def _image_record(request: web.Request) -> web.Response:
+    """``GET /v1/images/{id}``: one image's record and metadata object, for the page."""
+    image_id = _image_id(request)
+    try:
+        record = await request.app[SERVICES].catalogue.run(browse.image_record, image_id)
+    except ImageNotFoundError as exc:
+        raise NotFoundError(str(exc)) from None
+    return _json(record)
+
+
+async def _summary(request: web.Request) -> web.Response:
+    """``GET /v1/summary``: the counts that the page charts and offers as filters."""
+    return _json(await request.app[SERVICES].catalogue.run(browse.summary))
 
 
 async def _similar(request: web.Request) -> web.Response:

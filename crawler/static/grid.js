@@ -1,0 +1,128 @@
+// The grid: filters (each one a parameter of /v1/images), a page of tiles, and links to the
+// next page (a cursor: pages stay as fast deep in the catalogue as at its start).
+import { bytes, day, dimensions, element, getJson, link, tile } from "./dom.js";
+import { summaryOnce } from "./summary.js";
+
+const FILTERS = ["status", "format", "make", "model", "taken_from", "taken_to", "gps", "url"];
+const SORTS = { newest: "newest first", largest: "largest file first", taken: "latest taken first" };
+const STATUSES = ["ok", "failed", "skipped", "pending"];
+const DEFAULTS = { status: "ok", sort: "newest" };
+
+function wanted(params) {
+  const chosen = { ...DEFAULTS };
+  for (const name of [...FILTERS, "sort", "after"]) {
+    if (params.has(name)) chosen[name] = params.get(name);
+  }
+  return chosen;
+}
+
+function select(name, label, options, value) {
+  const node = element("select");
+  node.name = name;
+  for (const [optionValue, text] of options) {
+    const option = element("option", "", text);
+    option.value = optionValue;
+    option.selected = optionValue === (value || "");
+    node.append(option);
+  }
+  const wrapper = element("label", "", label);
+  wrapper.append(node);
+  return wrapper;
+}
+
+function input(name, label, type, value) {
+  const node = element("input");
+  node.name = name;
+  node.type = type;
+  node.value = value || "";
+  const wrapper = element("label", "", label);
+  wrapper.append(node);
+  return wrapper;
+}
+
+function cameraOptions(summary) {
+  const options = [["", "any"]];
+  for (const camera of summary.byCamera.cameras) {
+    const name = [camera.make, camera.model].filter((part) => part).join(" ");
+    options.push([JSON.stringify([camera.make, camera.model]), `${name} (${camera.count})`]);
+  }
+  return options;
+}
+
+function form(summary, chosen) {
+  const node = element("form", "filters");
+  node.id = "filters";
+  const formats = summary.byFormat.map((entry) => [entry.format, `${entry.format} (${entry.count})`]);
+  const camera = chosen.make ? JSON.stringify([chosen.make, chosen.model || null]) : "";
+  node.append(
+    select("status", "Status", [["", "any"], ...STATUSES.map((s) => [s, s])], chosen.status),
+    select("format", "Format", [["", "any"], ...formats], chosen.format),
+    select("camera", "Camera", cameraOptions(summary), camera),
+    input("taken_from", "Taken from", "date", chosen.taken_from),
+    input("taken_to", "to", "date", chosen.taken_to),
+    select("gps", "GPS", [["", "any"], ["true", "with GPS"], ["false", "without"]], chosen.gps),
+    input("url", "URL contains", "search", chosen.url),
+    select("sort", "Sort", Object.entries(SORTS), chosen.sort),
+  );
+  const submit = element("button", "", "Show");
+  submit.type = "submit";
+  node.append(submit);
+  node.addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/images?${formQuery(new FormData(node))}`;
+  });
+  return node;
+}
+
+function formQuery(data) {
+  const query = new URLSearchParams();
+  for (const [name, value] of data.entries()) {
+    if (name === "camera") {
+      if (!value) continue;
+      const [make, model] = JSON.parse(value);
+      query.set("make", make);
+      if (model) query.set("model", model);
+    } else {
+      query.set(name, value);
+    }
+  }
+  return query;
+}
+
+function apiQuery(chosen) {
+  const query = {};
+  for (const [name, value] of Object.entries(chosen)) if (value) query[name] = value;
+  return query;
+}
+
+function pageLinks(chosen, next) {
+  const nav = element("nav", "pages");
+  const query = new URLSearchParams(apiQuery(chosen));
+  query.delete("after");
+  if (chosen.after) nav.append(link("« First page", `#/images?${query}`, "first"));
+  if (next) {
+    query.set("after", next);
+    nav.append(link("Next page »", `#/images?${query}`, "next"));
+  }
+  return nav;
+}
+
+function caption(image) {
+  const when = image.takenAt ? `taken ${day(image.takenAt)}` : `fetched ${day(image.fetchedAt)}`;
+  return [`${dimensions(image)} · ${bytes(image.size)}`, `${image.format || ""} · ${when}`];
+}
+
+export async function showGrid(_argument, params, status) {
+  const chosen = wanted(params);
+  const [summary, page] = await Promise.all([summaryOnce(), getJson("/v1/images", apiQuery(chosen))]);
+  const grid = element("div", "grid");
+  grid.id = "grid";
+  grid.append(...page.images.map((image) => tile(image, caption(image))));
+  status.textContent = page.images.length
+    ? `${page.images.length} images${page.next ? ", more on the next page" : ""}`
+    : "No images match on this page.";
+  if (chosen.url && page.next) {
+    status.textContent += " (the URL text is searched a slice of the catalogue at a time)";
+  }
+  return [form(summary, chosen), grid, pageLinks(chosen, page.next)];
+}
