@@ -32,11 +32,12 @@ import aiohttp
 import numpy as np
 import sqlalchemy as sa
 
+from bench.bulk import bulk_load
 from bench.query import ADMIN_URL, recreate
 from bench.serve import free_port, start_server, wait_until_up
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.extract import extract
-from crawler.models import images, phash_chunks, url_key
+from crawler.models import phash_chunks, url_key
 
 DATA = Path(__file__).resolve().parent / ".data"
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "images" / "Canon_40D.jpg"
@@ -137,49 +138,13 @@ def generated_rows(start: int, count: int, seed: int, metadata_text: str) -> lis
 
 
 def load(catalogue: Catalogue, rows: int) -> tuple[float, float]:
-    """Bulk-load ``rows`` rows with the secondary indexes dropped, then build them and
-    ANALYZE; returns the seconds of both steps."""
+    """Bulk-load ``rows`` rows; returns the seconds of the load and of the index builds."""
     metadata_text = json.dumps(extract(SAMPLE.read_bytes()).metadata)
-    started = time.perf_counter()
-    with catalogue.engine.begin() as connection:
-        for index in images.indexes:
-            index.drop(connection)
-    raw = catalogue.engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        for start in range(0, rows, LOAD_BATCH):
-            batch = generated_rows(start, min(LOAD_BATCH, rows - start), start, metadata_text)
-            if catalogue.dialect == "postgresql":
-                with cursor.copy(f"COPY images ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in batch:
-                        copy.write_row(row)
-            else:
-                marks = ", ".join("?" * len(COLUMNS))
-                cursor.executemany(
-                    f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({marks})",
-                    [tuple(_sqlite_value(value) for value in row) for row in batch],
-                )
-        raw.commit()
-    finally:
-        raw.close()
-    loaded = time.perf_counter()
-    with catalogue.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if catalogue.dialect == "postgresql":
-            connection.execute(sa.text("SET maintenance_work_mem = '512MB'"))
-        for index in images.indexes:
-            index.create(connection)
-        maintenance = "VACUUM ANALYZE" if catalogue.dialect == "postgresql" else "ANALYZE"
-        connection.execute(sa.text(maintenance))
-    return loaded - started, time.perf_counter() - loaded
-
-
-def _sqlite_value(value: object) -> object:
-    """As SQLAlchemy stores it on SQLite: times as text, in UTC for the zoned ones."""
-    if not isinstance(value, datetime):
-        return value
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ", "microseconds")
+    batches = (
+        generated_rows(start, min(LOAD_BATCH, rows - start), start, metadata_text)
+        for start in range(0, rows, LOAD_BATCH)
+    )
+    return bulk_load(catalogue, COLUMNS, batches)
 
 
 async def time_pages(base: str, rows: int, runs: int) -> dict[str, list[float]]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from bench.bulk import bulk_load
 from crawler.catalogue import Catalogue, open_catalogue
 from crawler.config import DEFAULT_HASH_ALGORITHM
 from crawler.models import CHUNK_COLUMNS, images, phash_chunks, url_key
@@ -81,41 +82,13 @@ def rows_of(hashes: np.ndarray, start: int, now: datetime) -> list[tuple]:
 
 
 def load(catalogue: Catalogue, hashes: np.ndarray) -> tuple[float, float]:
-    """Bulk-load the hashes (COPY on PostgreSQL, executemany on SQLite) with the secondary
-    indexes dropped, then build them again; returns the seconds of both steps."""
+    """Bulk-load the hashes; returns the seconds of the load and of the index builds."""
     now = datetime.now(UTC)
-    started = time.perf_counter()
-    with catalogue.engine.begin() as connection:
-        for index in images.indexes:
-            index.drop(connection)
-    raw = catalogue.engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        for start in range(0, len(hashes), LOAD_BATCH):
-            batch = rows_of(hashes[start : start + LOAD_BATCH], start, now)
-            if catalogue.dialect == "postgresql":
-                with cursor.copy(f"COPY images ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in batch:
-                        copy.write_row(row)
-            else:
-                marks = ", ".join("?" * len(COLUMNS))
-                cursor.executemany(
-                    f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({marks})",
-                    [(*row[:4], row[4].isoformat(" "), *row[5:]) for row in batch],
-                )
-        raw.commit()
-    finally:
-        raw.close()
-    loaded = time.perf_counter()
-    with catalogue.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if catalogue.dialect == "postgresql":
-            connection.execute(sa.text("SET maintenance_work_mem = '512MB'"))
-        for index in images.indexes:
-            index.create(connection)
-        # VACUUM sets PostgreSQL's visibility map, which index-only scans need.
-        maintenance = "VACUUM ANALYZE" if catalogue.dialect == "postgresql" else "ANALYZE"
-        connection.execute(sa.text(maintenance))
-    return loaded - started, time.perf_counter() - loaded
+    batches = (
+        rows_of(hashes[start : start + LOAD_BATCH], start, now)
+        for start in range(0, len(hashes), LOAD_BATCH)
+    )
+    return bulk_load(catalogue, COLUMNS, batches)
 
 
 def query_hashes(stored: np.ndarray, count: int, seed: int) -> list[int]:
