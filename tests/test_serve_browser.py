@@ -145,6 +145,7 @@ def test_the_grid_shows_every_image_with_its_thumbnail(
 def test_filters_narrow_the_grid_to_the_matching_images(page: Page, browser: Browser) -> None:
     show(browser, page, "/images", "images")
     # The form: one camera, with a position.
+    browser.wait_for("return document.getElementById('filters').dataset.choices === 'loaded'")
     browser.run(
         "const form = document.getElementById('filters');"
         "const camera = [...form.camera.options].find((o) => o.text.startsWith('TestCam'));"

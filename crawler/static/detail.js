@@ -1,12 +1,13 @@
 // One image: its thumbnail, its record, its position, the metadata object (the fields, then
 // each EXIF section) and its near duplicates by pHash, with their distances.
-import { bytes, dateTime, dimensions, element, getJson, table, thumbnail, tile } from "./dom.js";
+import {
+  bytes, cameraName, dateTime, dimensions, element, getJson, table, thumbnail, tile,
+} from "./dom.js";
 
 const NEAR_DISTANCE = 10;
 const NEAR_LIMIT = 50;
 
 function record(image) {
-  const camera = [image.make, image.model].filter((part) => part).join(" ");
   return table([
     ["Status", image.reason ? `${image.status} (${image.reason})` : image.status],
     ["Error", image.error],
@@ -14,7 +15,7 @@ function record(image) {
     ["Dimensions", dimensions(image)],
     ["File size", image.size === null ? "" : `${bytes(image.size)} (${image.size} bytes)`],
     ["Taken", dateTime(image.takenAt)],
-    ["Camera", camera],
+    ["Camera", cameraName(image.make, image.model)],
     ["Fetched", dateTime(image.fetchedAt)],
     ["First seen", dateTime(image.firstSeenAt)],
     ["HTTP status", image.httpStatus],

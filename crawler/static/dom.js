@@ -41,6 +41,10 @@ export function dimensions(image) {
   return image.width && image.height ? `${image.width} × ${image.height}` : "";
 }
 
+export function cameraName(make, model) {
+  return [make, model].filter((part) => part).join(" ");
+}
+
 export function day(iso) {
   return iso ? iso.slice(0, 10) : "";
 }

@@ -1,6 +1,6 @@
 // The grid: filters (each one a parameter of /v1/images), a page of tiles, and links to the
 // next page (a cursor: pages stay as fast deep in the catalogue as at its start).
-import { bytes, day, dimensions, element, getJson, link, tile } from "./dom.js";
+import { bytes, cameraName, day, dimensions, element, getJson, link, tile } from "./dom.js";
 import { summaryOnce } from "./summary.js";
 
 const FILTERS = ["status", "format", "make", "model", "taken_from", "taken_to", "gps", "url"];
@@ -16,15 +16,19 @@ function wanted(params) {
   return chosen;
 }
 
-function select(name, label, options, value) {
-  const node = element("select");
-  node.name = name;
-  for (const [optionValue, text] of options) {
+function setOptions(node, options, value) {
+  node.replaceChildren(...options.map(([optionValue, text]) => {
     const option = element("option", "", text);
     option.value = optionValue;
     option.selected = optionValue === (value || "");
-    node.append(option);
-  }
+    return option;
+  }));
+}
+
+function select(name, label, options, value) {
+  const node = element("select");
+  node.name = name;
+  setOptions(node, options, value);
   const wrapper = element("label", "", label);
   wrapper.append(node);
   return wrapper;
@@ -40,27 +44,44 @@ function input(name, label, type, value) {
   return wrapper;
 }
 
-function cameraOptions(summary) {
-  const options = [["", "any"]];
-  for (const camera of summary.byCamera.cameras) {
-    const name = [camera.make, camera.model].filter((part) => part).join(" ");
-    options.push([JSON.stringify([camera.make, camera.model]), `${name} (${camera.count})`]);
-  }
-  return options;
+function orAny(entries) {
+  return [["", "any"], ...entries];
 }
 
-function form(summary, chosen) {
+function formatEntries(summary) {
+  return summary.byFormat.map((entry) => [entry.format, `${entry.format} (${entry.count})`]);
+}
+
+function cameraEntries(summary) {
+  return summary.byCamera.cameras.map((camera) => [
+    JSON.stringify([camera.make, camera.model]),
+    `${cameraName(camera.make, camera.model)} (${camera.count})`,
+  ]);
+}
+
+// The format and camera choices come from /v1/summary, which takes a while on a large
+// catalogue: the grid does not wait for them.
+async function fillChoices(node, chosen, camera) {
+  const summary = await summaryOnce();
+  setOptions(node.format, orAny(formatEntries(summary)), chosen.format);
+  setOptions(node.camera, orAny(cameraEntries(summary)), camera);
+  node.dataset.choices = "loaded";
+}
+
+function form(chosen) {
   const node = element("form", "filters");
   node.id = "filters";
-  const formats = summary.byFormat.map((entry) => [entry.format, `${entry.format} (${entry.count})`]);
   const camera = chosen.make ? JSON.stringify([chosen.make, chosen.model || null]) : "";
+  // Until the summary's choices arrive, each offers the one chosen.
+  const format = chosen.format ? [[chosen.format, chosen.format]] : [];
+  const cameras = camera ? [[camera, cameraName(chosen.make, chosen.model)]] : [];
   node.append(
-    select("status", "Status", [["", "any"], ...STATUSES.map((s) => [s, s])], chosen.status),
-    select("format", "Format", [["", "any"], ...formats], chosen.format),
-    select("camera", "Camera", cameraOptions(summary), camera),
+    select("status", "Status", orAny(STATUSES.map((s) => [s, s])), chosen.status),
+    select("format", "Format", orAny(format), chosen.format),
+    select("camera", "Camera", orAny(cameras), camera),
     input("taken_from", "Taken from", "date", chosen.taken_from),
     input("taken_to", "to", "date", chosen.taken_to),
-    select("gps", "GPS", [["", "any"], ["true", "with GPS"], ["false", "without"]], chosen.gps),
+    select("gps", "GPS", orAny([["true", "with GPS"], ["false", "without"]]), chosen.gps),
     input("url", "URL contains", "search", chosen.url),
     select("sort", "Sort", Object.entries(SORTS), chosen.sort),
   );
@@ -71,6 +92,7 @@ function form(summary, chosen) {
     event.preventDefault();
     location.hash = `#/images?${formQuery(new FormData(node))}`;
   });
+  fillChoices(node, chosen, camera).catch(() => { node.dataset.choices = "failed"; });
   return node;
 }
 
@@ -114,7 +136,7 @@ function caption(image) {
 
 export async function showGrid(_argument, params, status) {
   const chosen = wanted(params);
-  const [summary, page] = await Promise.all([summaryOnce(), getJson("/v1/images", apiQuery(chosen))]);
+  const page = await getJson("/v1/images", apiQuery(chosen));
   const grid = element("div", "grid");
   grid.id = "grid";
   grid.append(...page.images.map((image) => tile(image, caption(image))));
@@ -124,5 +146,5 @@ export async function showGrid(_argument, params, status) {
   if (chosen.url && page.next) {
     status.textContent += " (the URL text is searched a slice of the catalogue at a time)";
   }
-  return [form(summary, chosen), grid, pageLinks(chosen, page.next)];
+  return [form(chosen), grid, pageLinks(chosen, page.next)];
 }

@@ -1,6 +1,6 @@
 // The summary: the catalogue's counts from /v1/summary as SVG bar charts.
 import { barChart } from "./charts.js";
-import { bytes, element, getJson } from "./dom.js";
+import { bytes, cameraName, element, getJson } from "./dom.js";
 
 let cached = null;
 
@@ -17,7 +17,7 @@ function sizeLabel(bucket) {
 
 function cameraBars(cameras) {
   const bars = cameras.cameras.slice(0, 15).map((camera) => ({
-    label: [camera.make, camera.model].filter((part) => part).join(" "),
+    label: cameraName(camera.make, camera.model),
     value: camera.count,
   }));
   const rest = cameras.cameras.slice(15).reduce((sum, camera) => sum + camera.count, cameras.others);
