@@ -4,6 +4,11 @@ that a sorted, filtered page is a walk down one index (keyset paging) on both da
 SQLite's indexes already end in the rowid; PostgreSQL's do not, so without ``id`` a page of
 ``status = 'ok'`` newest first would sort every matching row.
 
+On PostgreSQL, statistics of how the filtered columns go together (a model belongs to one
+make; only ok rows have a format): taking them as independent, the planner thought a common
+camera had a fifth of its rows and read all 44,000 of them (0.8 s) where walking the date
+index needed 1,800 (34 ms), on 1,000,000 rows.
+
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-03
@@ -27,14 +32,25 @@ WIDENED = {
 }
 
 
+STATISTICS = "st_images_filters"
+
+
 def upgrade() -> None:
     for name, (_, columns) in WIDENED.items():
         op.drop_index(name, table_name="images")
         op.create_index(name, "images", columns)
     op.create_index("ix_images_size", "images", ["size", "id"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            f"CREATE STATISTICS {STATISTICS} (dependencies, mcv) "
+            "ON status, format, make, model FROM images"
+        )
+        op.execute("ANALYZE images")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP STATISTICS {STATISTICS}")
     op.drop_index("ix_images_size", table_name="images")
     for name, (columns, _) in WIDENED.items():
         op.drop_index(name, table_name="images")
