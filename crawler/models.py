@@ -22,6 +22,8 @@ CHUNK_BITS: Final = 64 // CHUNK_COUNT
 CHUNK_COLUMNS: Final = tuple(f"phash_c{i}" for i in range(CHUNK_COUNT))
 URL_HASH_BYTES: Final = 16
 PENDING: Final = sa.text("status = 'pending'")
+# Written out, not bound: SQLite uses a partial index only for a query that repeats its WHERE.
+FAILED_OR_SKIPPED: Final = sa.text("status IN ('failed', 'skipped')")
 
 # SQLite only treats "INTEGER PRIMARY KEY" as the rowid; BIGINT would be a plain column.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -126,6 +128,14 @@ images: Final = sa.Table(
     sa.Index("ix_images_make_model", "make", "model", "id"),
     sa.Index("ix_images_taken_at", "taken_at", "id"),
     sa.Index("ix_images_size", "size", "id"),
+    # The summary's failures by reason, without reading the failed rows themselves.
+    sa.Index(
+        "ix_images_failures",
+        "status",
+        "reason",
+        postgresql_where=FAILED_OR_SKIPPED,
+        sqlite_where=FAILED_OR_SKIPPED,
+    ),
     # The frontier: a host's pending rows in order, and a crawler's claims.
     sa.Index(
         "ix_images_pending_host", "host", "id", postgresql_where=PENDING, sqlite_where=PENDING

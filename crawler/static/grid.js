@@ -7,6 +7,10 @@ const FILTERS = ["status", "format", "make", "model", "taken_from", "taken_to", 
 const SORTS = { newest: "newest first", largest: "largest file first", taken: "latest taken first" };
 const STATUSES = ["ok", "failed", "skipped", "pending"];
 const DEFAULTS = { status: "ok", sort: "newest" };
+const PAGE_SIZE = 60;
+// The server checks the URL text on a slice of the catalogue per request; a page asks for up
+// to this many slices to fill itself.
+const MAX_SLICES = 10;
 
 function wanted(params) {
   const chosen = { ...DEFAULTS };
@@ -134,17 +138,29 @@ function caption(image) {
   return [`${dimensions(image)} · ${bytes(image.size)}`, `${image.format || ""} · ${when}`];
 }
 
+async function fetchPage(chosen) {
+  const images = [];
+  let page = { next: chosen.after };
+  for (let slice = 0; slice < (chosen.url ? MAX_SLICES : 1); slice += 1) {
+    const query = { ...chosen, after: page.next, limit: PAGE_SIZE - images.length };
+    page = await getJson("/v1/images", apiQuery(query));
+    images.push(...page.images);
+    if (!page.next || images.length >= PAGE_SIZE) break;
+  }
+  return { images, next: page.next };
+}
+
 export async function showGrid(_argument, params, status) {
   const chosen = wanted(params);
-  const page = await getJson("/v1/images", apiQuery(chosen));
+  const page = await fetchPage(chosen);
   const grid = element("div", "grid");
   grid.id = "grid";
   grid.append(...page.images.map((image) => tile(image, caption(image))));
   status.textContent = page.images.length
     ? `${page.images.length} images${page.next ? ", more on the next page" : ""}`
     : "No images match on this page.";
-  if (chosen.url && page.next) {
-    status.textContent += " (the URL text is searched a slice of the catalogue at a time)";
+  if (chosen.url && page.next && page.images.length < PAGE_SIZE) {
+    status.textContent = `${page.images.length} images found so far: the next page searches on`;
   }
   return [form(chosen), grid, pageLinks(chosen, page.next)];
 }

@@ -1,5 +1,7 @@
 """Indexes for the page's grid: every filter's index ends in ``id``, and ``size`` has one, so
-that a sorted, filtered page is a walk down one index (keyset paging) on both databases.
+that a sorted, filtered page is a walk down one index (keyset paging) on both databases; and
+a partial index of the failed and skipped rows' reasons, for the summary (reading the rows
+themselves took 17 s on a cold 1,000,000-row SQLite catalogue, the index 10 ms).
 
 SQLite's indexes already end in the rowid; PostgreSQL's do not, so without ``id`` a page of
 ``status = 'ok'`` newest first would sort every matching row.
@@ -16,6 +18,7 @@ Create Date: 2026-12-03
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
@@ -33,6 +36,7 @@ WIDENED = {
 
 
 STATISTICS = "st_images_filters"
+FAILED_OR_SKIPPED = sa.text("status IN ('failed', 'skipped')")
 
 
 def upgrade() -> None:
@@ -40,6 +44,13 @@ def upgrade() -> None:
         op.drop_index(name, table_name="images")
         op.create_index(name, "images", columns)
     op.create_index("ix_images_size", "images", ["size", "id"])
+    op.create_index(
+        "ix_images_failures",
+        "images",
+        ["status", "reason"],
+        postgresql_where=FAILED_OR_SKIPPED,
+        sqlite_where=FAILED_OR_SKIPPED,
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             f"CREATE STATISTICS {STATISTICS} (dependencies, mcv) "
@@ -51,6 +62,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"DROP STATISTICS {STATISTICS}")
+    op.drop_index("ix_images_failures", table_name="images")
     op.drop_index("ix_images_size", table_name="images")
     for name, (columns, _) in WIDENED.items():
         op.drop_index(name, table_name="images")
