@@ -4,15 +4,19 @@ page at a time; one image's record; counts for the charts and the filters' choic
 Pages are keyset pages: each ends with a cursor (the last row's sort key and id), and the
 next page starts after it, so a page deep in the catalogue costs what the first one does.
 Every filter is an equality or a range on an indexed column (``crawler.models``: each of
-those indexes ends in ``id``), so a page is one walk down an index. The URL text filter is a
-substring match, which no btree helps with: it is checked on at most ``URL_SCAN_ROWS`` rows
-per page, in sort order after the other filters, and a page that found fewer matches than
-asked still carries a cursor that goes on searching where it stopped.
+those indexes ends in ``id``), so a page is one walk down an index. Where the planner
+guesses wrong (filters that match nothing in the sort's order: failed URLs by size) that
+walk can cover the whole catalogue: a page's query that takes longer than
+``EXACT_QUERY_SECONDS`` is given up, and the page covers only the next ``SCAN_ROWS`` rows in
+the sort order instead. The URL text filter, a substring match that no btree helps with,
+always works that way. Such a page may hold fewer images than asked, or none, and still
+carry a cursor that goes on from where it stopped.
 """
 
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from time import monotonic
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -25,8 +29,13 @@ from crawler.query import ImageNotFoundError, QueryError
 SORTS: Final = ("newest", "largest", "taken")
 DEFAULT_PAGE_SIZE: Final = 60
 MAX_PAGE_SIZE: Final = 500
-# Rows a page checks for the URL text: 100,000 took 225-255 ms on 1,000,000 rows.
-URL_SCAN_ROWS: Final = 50_000
+# A page's query may take this long; past it the page covers the next SCAN_ROWS rows in the
+# sort order only (as a page with URL text always does), and may be short, with a cursor
+# that goes on from there. Reading 50,000 rows took 0.1-0.2 s on 1,000,000 rows.
+EXACT_QUERY_SECONDS: Final = 0.1
+SCAN_ROWS: Final = 25_000
+SQLITE_PROGRESS_STEPS: Final = 1000  # virtual machine steps between looks at the clock
+QUERY_CANCELED: Final = "57014"  # PostgreSQL's SQLSTATE for a statement_timeout
 CAMERA_LIMIT: Final = 200  # the most common cameras in the summary; the rest are summed
 # File-size buckets of the summary: 10 KB, 30 KB, 100 KB, ... 30 MB.
 SIZE_BOUNDS: Final = tuple(factor * 10**power for power in range(4, 8) for factor in (1, 3))
@@ -87,31 +96,78 @@ def grid(
     if filters.status is not None and filters.status not in STATUSES:
         raise QueryError(f"status: expected one of {', '.join(STATUSES)}, got {filters.status!r}")
     order = _ORDER[sort]
-    conditions = [*_filter_conditions(filters), *(column.is_not(None) for column in order)]
+    # The sort key must be known (id always is): ``largest`` and ``taken`` leave out the rest.
+    keyset: list[sa.ColumnElement[bool]] = [key.is_not(None) for key in order[:-1]]
     if after is not None:
-        conditions.append(_after(order, parse_cursor(sort, after)))
-    descending = [column.desc() for column in order]
+        keyset.append(_after(order, parse_cursor(sort, after)))
+    conditions = [*keyset, *_filter_conditions(filters)]
+    if filters.url_text:
+        conditions.append(images.c.url.ilike(f"%{_escaped(filters.url_text)}%", escape="\\"))
+
+    def page_of(where: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
+        descending = [column.desc() for column in order]
+        return sa.select(*_GRID_COLUMNS).where(*where).order_by(*descending).limit(limit + 1)
+
     with catalogue.engine.connect() as connection:
         bound = None
-        if filters.url_text:
-            bound = connection.execute(
-                sa.select(*order)
-                .where(*conditions)
-                .order_by(*descending)
-                .offset(URL_SCAN_ROWS - 1)
-                .limit(1)
-            ).first()
+        rows = None
+        if not filters.url_text:
+            rows = _within(connection, page_of(conditions), EXACT_QUERY_SECONDS)
+        if rows is None:
+            bound = _scan_bound(connection, order, keyset)
             if bound is not None:
-                conditions.append(sa.not_(_after(order, tuple(bound))))
-            conditions.append(images.c.url.ilike(f"%{_escaped(filters.url_text)}%", escape="\\"))
-        rows = connection.execute(
-            sa.select(*_GRID_COLUMNS).where(*conditions).order_by(*descending).limit(limit + 1)
-        ).all()
+                conditions.append(sa.not_(_after(order, bound)))
+            rows = list(connection.execute(page_of(conditions)))
     if len(rows) > limit:
         last: tuple[Any, ...] | None = tuple(getattr(rows[limit - 1], c.name) for c in order)
     else:
-        last = None if bound is None else tuple(bound)
+        last = bound
     return GridPage([_grid_image(row) for row in rows[:limit]], _cursor(last))
+
+
+def _within(
+    connection: sa.Connection, statement: sa.Select[Any], seconds: float
+) -> list[Any] | None:
+    """The rows of ``statement``, or None when it takes longer than ``seconds``."""
+    if connection.dialect.name == "postgresql":
+        try:
+            with connection.begin():
+                timeout = max(1, round(seconds * 1000))
+                connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout}")
+                return list(connection.execute(statement))
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
+                raise
+            return None
+    sqlite = connection.connection.driver_connection
+    assert sqlite is not None, "a connection in use has its driver's"
+    deadline = monotonic() + seconds
+    sqlite.set_progress_handler(lambda: monotonic() > deadline, SQLITE_PROGRESS_STEPS)
+    try:
+        return list(connection.execute(statement))
+    except sa.exc.OperationalError as exc:
+        if "interrupted" not in str(exc.orig):
+            raise
+        return None
+    finally:
+        sqlite.set_progress_handler(None, 0)
+
+
+def _scan_bound(
+    connection: sa.Connection,
+    order: tuple[sa.Column[Any], ...],
+    keyset: list[sa.ColumnElement[bool]],
+) -> tuple[Any, ...] | None:
+    """The sort key ``SCAN_ROWS`` rows on from the cursor (found in the sort key's index
+    alone), or None when fewer rows are left."""
+    row = connection.execute(
+        sa.select(*order)
+        .where(*keyset)
+        .order_by(*(column.desc() for column in order))
+        .offset(SCAN_ROWS - 1)
+        .limit(1)
+    ).first()
+    return None if row is None else tuple(row)
 
 
 def _filter_conditions(filters: Filters) -> list[sa.ColumnElement[bool]]:

@@ -128,6 +128,8 @@ images: Final = sa.Table(
     sa.Index("ix_images_make_model", "make", "model", "id"),
     sa.Index("ix_images_taken_at", "taken_at", "id"),
     sa.Index("ix_images_size", "size", "id"),
+    # One camera's photos by date taken: the page's most common pairing of a filter and a sort.
+    sa.Index("ix_images_camera_taken_at", "make", "model", "taken_at", "id"),
     # The summary's failures by reason, without reading the failed rows themselves.
     sa.Index(
         "ix_images_failures",

@@ -3,16 +3,18 @@ grid's keyset pages in every sort, each filter, the URL text search past its sca
 image's record, the summary's counts, and a JSON 400 for every bad parameter."""
 
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from yarl import URL
 
 from crawler import browse
 from crawler.browse import Filters, grid, image_record, summary
 from crawler.catalogue import Catalogue, open_catalogue
+from crawler.models import images, url_key
 from crawler.query import ImageNotFoundError, QueryError
 from crawler.serve import create_app
 from crawler.store import CrawlResult, store_results
@@ -148,10 +150,38 @@ def test_url_text_search_goes_on_past_each_pages_scan(
     catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = stored(catalogue)
-    monkeypatch.setattr(browse, "URL_SCAN_ROWS", 2)
+    monkeypatch.setattr(browse, "SCAN_ROWS", 2)
     # Newest first the match is the last of seven rows: each page scans two of them.
     pages = every_page(catalogue, Filters(url_text="a.JPG"), "newest", 10)
     assert pages == [[], [], [], [ids["a.jpg"]]]
+
+
+def test_a_page_whose_query_overruns_covers_the_next_rows_only(
+    catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20,000 photos; only the first taken has a position: finding it means reading them all.
+    first_taken = datetime(2000, 1, 1)
+    rows = [
+        {
+            "url": url(f"{number}.jpg"),
+            "url_hash": url_key(url(f"{number}.jpg")),
+            "status": "ok",
+            "taken_at": first_taken + timedelta(hours=number),
+            "gps_latitude": 1.0 if number == 0 else None,
+            "gps_longitude": 1.0 if number == 0 else None,
+        }
+        for number in range(20_000)
+    ]
+    with catalogue.engine.begin() as connection:
+        connection.execute(images.insert(), rows)
+        first = connection.execute(
+            sa.select(images.c.id).where(images.c.taken_at == first_taken)
+        ).scalar_one()
+    monkeypatch.setattr(browse, "EXACT_QUERY_SECONDS", 0.001)  # walking 20,000 rows: 5-20 ms
+    monkeypatch.setattr(browse, "SCAN_ROWS", 5000)
+    pages = every_page(catalogue, Filters(has_gps=True), "taken", 60)
+    assert pages[0] == [] and len(pages) >= 2  # the next 5,000 rows held none
+    assert [image_id for page in pages for image_id in page] == [first]
 
 
 def test_a_cursor_of_another_sort_is_refused(catalogue: Catalogue) -> None:

@@ -163,7 +163,7 @@ def test_filters_narrow_the_grid_to_the_matching_images(
     show(browser, page, "/images?taken_from=2019-01-01&taken_to=2019-12-31&sort=taken", "images")
     assert sorted(tiles(browser)) == sorted([page.ids["forest.jpg"], page.ids["forest-copy.jpg"]])
     # The server checks the URL text on two rows a request: the page asks on until it finds.
-    monkeypatch.setattr(browse, "URL_SCAN_ROWS", 2)
+    monkeypatch.setattr(browse, "SCAN_ROWS", 2)
     show(browser, page, "/images?url=FOREST-C&status=", "images")
     assert tiles(browser) == [page.ids["forest-copy.jpg"]]
     show(browser, page, "/images?status=failed", "images")

@@ -8,8 +8,9 @@ const SORTS = { newest: "newest first", largest: "largest file first", taken: "l
 const STATUSES = ["ok", "failed", "skipped", "pending"];
 const DEFAULTS = { status: "ok", sort: "newest" };
 const PAGE_SIZE = 60;
-// The server checks the URL text on a slice of the catalogue per request; a page asks for up
-// to this many slices to fill itself.
+// A request with URL text, or whose query would take too long, covers only a slice of the
+// catalogue (a page short of images, with a cursor to go on): a page asks for up to this
+// many slices to fill itself.
 const MAX_SLICES = 10;
 
 function wanted(params) {
@@ -141,7 +142,7 @@ function caption(image) {
 async function fetchPage(chosen) {
   const images = [];
   let page = { next: chosen.after };
-  for (let slice = 0; slice < (chosen.url ? MAX_SLICES : 1); slice += 1) {
+  for (let slice = 0; slice < MAX_SLICES; slice += 1) {
     const query = { ...chosen, after: page.next, limit: PAGE_SIZE - images.length };
     page = await getJson("/v1/images", apiQuery(query));
     images.push(...page.images);
@@ -159,7 +160,7 @@ export async function showGrid(_argument, params, status) {
   status.textContent = page.images.length
     ? `${page.images.length} images${page.next ? ", more on the next page" : ""}`
     : "No images match on this page.";
-  if (chosen.url && page.next && page.images.length < PAGE_SIZE) {
+  if (page.next && page.images.length < PAGE_SIZE) {
     status.textContent = `${page.images.length} images found so far: the next page searches on`;
   }
   return [form(chosen), grid, pageLinks(chosen, page.next)];

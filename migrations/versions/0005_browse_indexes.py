@@ -1,5 +1,7 @@
 """Indexes for the page's grid: every filter's index ends in ``id``, and ``size`` has one, so
-that a sorted, filtered page is a walk down one index (keyset paging) on both databases; and
+that a sorted, filtered page is a walk down one index (keyset paging) on both databases, and
+``(make, model, taken_at, id)`` for one camera's photos by date taken (reading all 44,000 of
+a common camera's rows to sort them took 140 ms, warm, on 1,000,000 rows); and
 a partial index of the failed and skipped rows' reasons, for the summary (reading the rows
 themselves took 17 s on a cold 1,000,000-row SQLite catalogue, the index 10 ms).
 
@@ -44,6 +46,7 @@ def upgrade() -> None:
         op.drop_index(name, table_name="images")
         op.create_index(name, "images", columns)
     op.create_index("ix_images_size", "images", ["size", "id"])
+    op.create_index("ix_images_camera_taken_at", "images", ["make", "model", "taken_at", "id"])
     op.create_index(
         "ix_images_failures",
         "images",
@@ -63,6 +66,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"DROP STATISTICS {STATISTICS}")
     op.drop_index("ix_images_failures", table_name="images")
+    op.drop_index("ix_images_camera_taken_at", table_name="images")
     op.drop_index("ix_images_size", table_name="images")
     for name, (columns, _) in WIDENED.items():
         op.drop_index(name, table_name="images")
