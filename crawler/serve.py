@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = STATIC_DIR / "openapi.json"
 MAX_LIMIT = 1000
-MAX_TEXT_PARAMETER = 500
+# Five text parameters of 100 characters, percent-encoded, fit in the 8 KB request line.
+MAX_TEXT_PARAMETER = 100
 DEFAULT_SIMILAR_LIMIT = 100
 DEFAULT_GROUPS_LIMIT = 100
 # Past 16 bits the pHashes of unrelated images link up (a catalogue becomes a few huge

@@ -293,7 +293,7 @@ async def test_the_endpoints_answer_the_page(
         ({"taken_from": "2020-13-01"}, "parameter taken_from: expected a date as YYYY-MM-DD"),
         ({"gps": "maybe"}, "parameter gps: expected true or false"),
         ({"format": ""}, "parameter format is empty"),
-        ({"url": "x" * 501}, "parameter url: at most 500 characters, got 501"),
+        ({"url": "x" * 101}, "parameter url: at most 100 characters, got 101"),
         ({"sort": "largest", "after": "12"}, "after: '12' is not a page cursor of sort largest"),
     ],
 )
