@@ -60,7 +60,10 @@ export function thumbnail(image) {
     return element("div", "missing", image.reason || image.status);
   }
   const img = element("img", "thumb");
-  img.src = `/v1/files/${encodeURIComponent(image.id)}/thumbnail`;
+  // Thumbnails are cached for a year: the file's digest in the URL lets a refreshed image's
+  // new thumbnail through.
+  const version = image.sha256 ? `?v=${image.sha256.slice(0, 16)}` : "";
+  img.src = `/v1/files/${encodeURIComponent(image.id)}/thumbnail${version}`;
   img.alt = image.url || `image ${image.id}`;
   img.addEventListener("error", () => img.replaceWith(element("div", "missing", "no thumbnail")));
   return img;

@@ -8,7 +8,7 @@ const RULE = "The copy to keep has the most pixels; among equals the largest fil
 
 function member(image, exact, first) {
   let distance = exact ? "same bytes" : `distance ${image.distance}`;
-  if (first) distance = "first of group";
+  if (first) distance = exact ? "" : "distances are from this one";
   const when = image.takenAt ? `taken ${day(image.takenAt)}` : "";
   const node = tile({ ...image, status: "ok" },
     [distance, `${dimensions(image)} · ${bytes(image.size)}`, when]);
