@@ -75,6 +75,10 @@ MAX_DUPLICATE_DISTANCE = 16
 # with the square of the catalogue; a page view asks for it every time.
 DUPLICATES_TTL_SECONDS = 60.0
 PUBLIC_PATHS = frozenset({"/openapi.json"})
+# Routes that do not count against serve.rate_limit_per_minute (they still need a key): a
+# thumbnail is one indexed read, read together with the others asked for meanwhile, and a
+# page of tiles asks for dozens at once.
+UNMETERED_ROUTES = frozenset({"/v1/files/{id}/thumbnail"})
 # An API key is a password that anyone who reaches the server may guess at: 16 characters
 # of a URL-safe alphabet are 96 bits, and failed guesses are throttled per client.
 MIN_API_KEY_LENGTH = 16
@@ -583,6 +587,9 @@ async def _auth_and_rate_middleware(request: web.Request, handler: Handler) -> w
         return await handler(request)
     services = request.app[SERVICES]
     client = _authenticated_client(request, services)
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical in UNMETERED_ROUTES:
+        return await handler(request)
     wait = services.limiter.wait_needed(client)
     if wait > 0:
         seconds = max(1, round(wait + 0.5))

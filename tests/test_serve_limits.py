@@ -68,6 +68,22 @@ def raw_request(url: URL, data: bytes, timeout: float = 5) -> tuple[int, dict[st
     return int(status_line.split()[1]), headers, json.loads(body)
 
 
+IMAGE = make_jpeg(3)
+
+
+def stored_image(url: str) -> CrawlResult:
+    extraction = extract(IMAGE)
+    return CrawlResult(
+        url=url,
+        status="ok",
+        sha256="ab" * 32,
+        fetched_at=datetime.now(UTC),
+        metadata=extraction.metadata,
+        hash_algorithm=extraction.hash_algorithm,
+        thumbnail=extraction.thumbnail,
+    )
+
+
 # Keys
 
 
@@ -125,6 +141,33 @@ async def test_wrong_keys_get_429_after_the_burst_from_that_address_only(
         ):
             assert response.status == 200
     assert seconds < 20
+
+
+async def test_thumbnails_do_not_count_against_the_rate_limit_but_need_the_key(
+    sqlite_url: str,
+) -> None:
+    with open_catalogue(sqlite_url) as catalogue:
+        store_results(catalogue, [stored_image("https://images.test/a.jpg")])
+    settings = api_settings(sqlite_url, api_keys=(KEY,), rate_limit_per_minute=10, port=0)
+    async with (
+        api(settings) as site,
+        aiohttp.ClientSession(headers=key_header(KEY)) as client,
+        aiohttp.ClientSession() as anonymous,
+    ):
+        base = URL(site.url)
+
+        async def status_of(path: str, session: aiohttp.ClientSession = client) -> int:
+            async with session.get(base.with_path(path)) as response:
+                await response.read()
+                return response.status
+
+        # a grid of 60 tiles: six times the rate limit, asked for at once
+        tiles = [status_of("/v1/files/1/thumbnail") for _ in range(60)]
+        assert await asyncio.gather(*tiles) == [200] * 60
+        metadata = [await status_of("/v1/files/1/metadata") for _ in range(11)]
+        assert metadata == [200] * 10 + [429]
+        assert await status_of("/v1/files/1/thumbnail") == 200
+        assert await status_of("/v1/files/1/thumbnail", anonymous) == 401
 
 
 # Malformed requests
@@ -405,21 +448,6 @@ def test_create_app_checks_the_serve_settings(sqlite_url: str) -> None:
 
 
 # The catalogue's database away, and back
-
-
-IMAGE = make_jpeg(3)
-
-
-def stored_image(url: str) -> CrawlResult:
-    extraction = extract(IMAGE)
-    return CrawlResult(
-        url=url,
-        status="ok",
-        sha256="ab" * 32,
-        fetched_at=datetime.now(UTC),
-        metadata=extraction.metadata,
-        hash_algorithm=extraction.hash_algorithm,
-    )
 
 
 async def image_response(_request: web.Request) -> web.Response:
