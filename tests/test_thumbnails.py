@@ -20,7 +20,7 @@ from crawler.cli import cli
 from crawler.config import ExtractSettings, Settings, load_settings
 from crawler.engine import CrawlOptions, crawl, run_crawl
 from crawler.errors import ConfigError
-from crawler.extract import extract
+from crawler.extract import decode_cost, extract
 from crawler.models import images, thumbnails
 from crawler.serve import create_app
 from tests.conftest import FIXTURES
@@ -45,13 +45,13 @@ def shown_picture(size: tuple[int, int]) -> Image.Image:
     return picture
 
 
-def rotated_jpeg(shown: Image.Image) -> bytes:
+def rotated(shown: Image.Image, image_format: str = "JPEG") -> bytes:
     """``shown`` stored turned a quarter anticlockwise, with EXIF orientation 6 (turn it a
     quarter clockwise to show it), as cameras held upright store portraits."""
     exif = Image.Exif()
     exif[0x0112] = 6
     out = io.BytesIO()
-    shown.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=90, exif=exif)
+    shown.transpose(Image.Transpose.ROTATE_90).save(out, image_format, quality=90, exif=exif)
     return out.getvalue()
 
 
@@ -66,7 +66,7 @@ def photos(tmp_path: Path) -> dict[str, Path]:
     """Local images: a portrait stored sideways (2000 x 1500, EXIF orientation 6), a wide
     PNG, a PNG smaller than a thumbnail, and a file that is no image."""
     contents = {
-        "portrait.jpg": rotated_jpeg(shown_picture((1500, 2000))),
+        "portrait.jpg": rotated(shown_picture((1500, 2000))),
         "wide.png": png(shown_picture((600, 300))),
         "small.png": png(shown_picture((100, 50))),
         "broken.jpg": b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20,
@@ -121,6 +121,36 @@ def test_a_crawl_stores_thumbnails_as_the_images_are_shown(
         assert picture.size == (width, height)
         assert _near(picture.getpixel((2, 2)), RED), url  # the red quarter is top left
         assert _near(picture.getpixel((width - 3, height - 3)), BLUE), url
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "WEBP"])
+def test_a_web_sized_jpeg_or_webp_gets_a_thumbnail_of_the_full_size(image_format: str) -> None:
+    # stored 800 x 600: its pHash decodes 100 x 75 (JPEG at 1/8) or 43 x 32 (WebP scaled)
+    data = rotated(shown_picture((600, 800)), image_format)
+    made = extract(data, settings=ExtractSettings())
+    assert made.thumbnail is not None and made.warnings == []
+    assert (made.thumbnail.width, made.thumbnail.height) == (144, 192)
+    picture = decoded(made.thumbnail.webp)
+    assert picture.size == (144, 192)
+    assert _near(picture.getpixel((2, 2)), RED)  # turned as shown: the red quarter top left
+    assert _near(picture.getpixel((141, 189)), BLUE)
+    assert made.metadata == extract(data, settings=ExtractSettings(thumbnail_size=0)).metadata
+
+    small = extract(rotated(shown_picture((50, 100)), image_format)).thumbnail
+    assert small is not None and (small.width, small.height) == (50, 100)  # never enlarged
+
+
+def test_where_its_own_decode_needs_too_much_memory_the_thumbnail_is_the_phashs_size() -> None:
+    data = rotated(shown_picture((600, 800)))
+    # enough for the pHash's decode at 1/8 (100 x 75), not for the thumbnail's at 1/4
+    enough_for_the_phash = decode_cost.estimate(data, "jpg", (800, 600), 3, 1) + 1000
+    made = extract(data, settings=ExtractSettings(memory_limit=enough_for_the_phash))
+    assert made.thumbnail is not None
+    assert (made.thumbnail.width, made.thumbnail.height) == (75, 100)
+    assert len(made.warnings) == 1
+    assert made.warnings[0].startswith(
+        "thumbnail: made from the pHash's fewer pixels: image needs too much memory to decode"
+    )
 
 
 def _near(pixel: object, colour: tuple[int, int, int]) -> bool:
@@ -318,4 +348,4 @@ async def test_an_image_stored_through_the_api_has_its_thumbnail(db_url: str) ->
                 assert answer.status == 200
             async with client.get(url.with_path("/v1/files/1/thumbnail")) as answer:
                 assert (answer.status, answer.content_type) == (200, "image/webp")
-                assert decoded(await answer.read()).size == (80, 60)  # 640 x 480 at 1/8
+                assert decoded(await answer.read()).size == (192, 144)  # from 640 x 480

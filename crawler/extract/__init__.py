@@ -3,13 +3,14 @@
 ``extract(data)`` is the one entry point. It reads the header facts (``image``), the JPEG
 quality estimate (``quality``), the EXIF sections (``exif``) and the perceptual hash
 (``phash``), and assembles them in the documented key order; beside the object, a
-thumbnail from the pixels the pHash decoded (``thumbnail``).
+thumbnail from the pixels the pHash decoded, or decoded again where those are too few
+(``thumbnail``).
 """
 
 from typing import Any, Final
 
 from crawler.config import ExtractSettings
-from crawler.errors import DecodeError, ExifError, MemoryExhaustedError
+from crawler.errors import DecodeError, ExifError, MemoryExhaustedError, MemoryLimitError
 from crawler.extract import exif, image, phash, quality, thumbnail
 from crawler.hashes import to_hex
 from crawler.metadata import Extraction, Thumbnail
@@ -74,19 +75,23 @@ def _extract(data: bytes, settings: ExtractSettings, where: str) -> Extraction:
         "pHash": to_hex(hash_value),
         "exif": exif_sections,
     }
-    made = _thumbnail(pixels, header.format, settings.thumbnail_size, where, warnings)
+    made = _thumbnail(data, header, pixels, settings, where, warnings)
     return Extraction(metadata, settings.hash_algorithm, warnings, made)
 
 
 def _thumbnail(
+    data: bytes,
+    header: image.ImageHeader,
     pixels: phash.DecodedPixels | None,
-    image_format: str,
-    size: int,
+    settings: ExtractSettings,
     where: str,
     warnings: list[str],
 ) -> Thumbnail | None:
-    """The thumbnail of ``size`` pixels (0: none) of the decoded ``pixels``; where it
-    cannot be made, None and a warning: the image's metadata stands without it."""
+    """The thumbnail (``settings.thumbnail_size``, 0: none) of the image, from the pHash's
+    decoded ``pixels`` or a decode of its own where those are too few; where it cannot be
+    made, None and a warning: the image's metadata stands without it. Where its own
+    decode fails, it is made (smaller) from the pHash's pixels, with a warning."""
+    size = settings.thumbnail_size
     if not size:
         return None
     if pixels is None:
@@ -96,7 +101,11 @@ def _thumbnail(
         )
         return None
     try:
-        return thumbnail.make(pixels, size, image_format, where)
+        pixels = thumbnail.pixels_for(data, header, pixels, size, settings.memory_limit, where)
+    except (DecodeError, MemoryLimitError) as exc:
+        warnings.append(f"thumbnail: made from the pHash's fewer pixels: {exc}")
+    try:
+        return thumbnail.make(pixels, size, header.format, where)
     except DecodeError as exc:
         warnings.append(f"thumbnail: {exc}")
         return None

@@ -77,6 +77,7 @@ def check(
     *,
     memory_limit: int | None,
     full_decode: bool = False,
+    shrink: float | None = None,
     where: str = "",
 ) -> None:
     """Raise DecodeError when the data of ``data`` cannot fill the picture it claims, and
@@ -84,9 +85,10 @@ def check(
 
     ``size`` is (width, height); ``bands`` and ``sample_bytes`` as the decoder gives them.
     ``full_decode``: the pixels are decoded at full size (the imagehash algorithm), not as
-    far as the pHash reduces them.
+    far as the pHash reduces them; ``shrink``: a JPEG or WebP is decoded reduced by this
+    factor instead (a thumbnail's decode: a JPEG's DCT scale, 1 to 8; a WebP's scaling).
     """
-    cost = _cost(data, image_format, size, bands, sample_bytes, full_decode)
+    cost = _cost(data, image_format, size, bands, sample_bytes, full_decode, shrink)
     if memory_limit is not None and cost.memory > memory_limit:
         width, height = size
         raise MemoryLimitError(
@@ -117,8 +119,13 @@ def _cost(
     bands: int,
     sample_bytes: int,
     full_decode: bool,
+    shrink: float | None = None,
 ) -> Cost:
-    cost = _ESTIMATES.get(image_format, _heif)(data, size, bands, sample_bytes)
+    scaled = _SCALED_ESTIMATES.get(image_format) if shrink else None
+    if scaled is not None:
+        cost = scaled(data, size, bands, sample_bytes, shrink)
+    else:
+        cost = _ESTIMATES.get(image_format, _heif)(data, size, bands, sample_bytes)
     if full_decode:
         # imagehash: Pillow decodes the whole image, turns it upright and to grey
         width, height = size
@@ -130,6 +137,8 @@ def _cost(
 
 
 Estimate = Callable[[bytes, tuple[int, int], int, int], Cost]
+# the estimate of a decode reduced by the factor given (None: as far as the pHash reduces)
+ScaledEstimate = Callable[[bytes, tuple[int, int], int, int, float | None], Cost]
 
 
 def _megabytes(count: int) -> str:
@@ -149,14 +158,16 @@ def _heif(data: bytes, size: tuple[int, int], bands: int, sample_bytes: int) -> 
     return Cost(width * height * per_pixel, "HEIF pixels")
 
 
-def _jpeg(data: bytes, size: tuple[int, int], bands: int, sample_bytes: int) -> Cost:
+def _jpeg(
+    data: bytes, size: tuple[int, int], bands: int, sample_bytes: int, shrink: float | None = None
+) -> Cost:
     width, height = size
     frame = _jpeg_frame(data)
     if frame is None:  # libvips read the header; let the decoder report what is wrong
         return Cost(width * height * max(bands, 3) * 2, "JPEG pixels")
     marker, components, first_scan_components = frame
-    shrink = _jpeg_shrink(width, height)
-    output = 2 * math.ceil(width / shrink) * math.ceil(height / shrink) * max(bands, 3)
+    factor = shrink or _jpeg_shrink(width, height)
+    output = 2 * math.ceil(width / factor) * math.ceil(height / factor) * max(bands, 3)
     h_max = max(h for h, _ in components)
     v_max = max(v for _, v in components)
     blocks = [
@@ -249,7 +260,9 @@ def _gif(data: bytes, size: tuple[int, int], bands: int, sample_bytes: int) -> C
     return Cost(2 * width * height * 4, "GIF canvas")
 
 
-def _webp(data: bytes, size: tuple[int, int], bands: int, sample_bytes: int) -> Cost:
+def _webp(
+    data: bytes, size: tuple[int, int], bands: int, sample_bytes: int, shrink: float | None = None
+) -> Cost:
     width, height = size
     canvas = width * height * 4
     chunks = _webp_chunks(data)
@@ -260,8 +273,9 @@ def _webp(data: bytes, size: tuple[int, int], bands: int, sample_bytes: int) -> 
         # the lossless decoder holds the whole ARGB image, and allocates it as libvips
         # reads the header (untouched yet, but the process's cap counts it)
         return Cost(2 * canvas, "WebP pixels")
-    shrink = max(1.0, min(width, height) / _SAMPLE_SIZE)  # libwebp scales while it decodes
-    reduced = 2 * math.ceil(width / shrink) * math.ceil(height / shrink) * 4
+    # libwebp scales while it decodes
+    factor = shrink or max(1.0, min(width, height) / _SAMPLE_SIZE)
+    reduced = 2 * math.ceil(width / factor) * math.ceil(height / factor) * 4
     alpha = width * height if flags & 0x10 else 0  # the alpha plane is decoded whole
     return Cost(reduced + alpha + width * 64 * 4, "lossy WebP pixels")
 
@@ -385,6 +399,7 @@ _ESTIMATES: Final[dict[str, Estimate]] = {
     "heif": _heif,
     "avif": _heif,
 }
+_SCALED_ESTIMATES: Final[dict[str, ScaledEstimate]] = {"jpg": _jpeg, "webp": _webp}
 # Bytes a pixel (per byte of a sample) that Pillow's decoders hold besides the image.
 _PILLOW_EXTRA: Final = {
     "webp": _PILLOW_WEBP_EXTRA,

@@ -1,10 +1,12 @@
-"""Thumbnails: a small WebP of an image, made from the pixels its pHash decoded.
+"""Thumbnails: a small WebP of an image, made from the pixels its pHash decoded where
+they are enough.
 
-No second decode: a JPEG's pixels are the pHash's shrink-on-load (1/2 to 1/8), a WebP's are
-scaled on load, other formats are decoded whole. A thumbnail is never enlarged, so where
-those pixels are fewer than ``extract.thumbnail_size`` (a JPEG under 8 x that size along
-its longest side, any WebP) it is as big as they are. (Decoding such a JPEG less reduced
-would move pHash bits: 17 of the 47 corpus JPEGs concerned.)
+A JPEG's pixels are the pHash's shrink-on-load (1/2 to 1/8), a WebP's are scaled on load
+toward 32 pixels, other formats are decoded whole. Where the pHash's pixels are fewer than
+the thumbnail needs (a JPEG under 8 x ``extract.thumbnail_size`` along its longest side,
+any WebP), the image is decoded a second time for the thumbnail alone, as little reduced
+as gives enough (``pixels_for``); the pHash keeps its own decode (decoded less reduced, 17
+of 47 such corpus JPEGs got other pHash bits). A thumbnail is never enlarged.
 
 Reduced, converted to sRGB and encoded by Pillow, with the colour profile's transform kept
 from one image to the next (``icc``); libvips reduces and converts first what Pillow does
@@ -20,8 +22,15 @@ import pyvips
 from PIL import Image
 
 from crawler.errors import DecodeError
-from crawler.extract import icc
-from crawler.extract.image import apply_orientation, one_line, vips_errors
+from crawler.extract import decode_cost, icc
+from crawler.extract.image import (
+    ImageHeader,
+    apply_orientation,
+    decode_jpeg_as_libvips,
+    load_vips,
+    one_line,
+    vips_errors,
+)
 from crawler.extract.phash import DecodedPixels, ReducedImage
 from crawler.metadata import Thumbnail
 
@@ -31,6 +40,69 @@ _QUALITY: Final = 70
 _METHOD: Final = 2
 _MODES: Final = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # by libvips bands
 _ENCODED_MODE: Final = {"L": "RGB", "LA": "RGBA", "RGB": "RGB", "RGBA": "RGBA"}
+_JPEG_SHRINKS: Final = (8, 4, 2)  # libjpeg's DCT scales, most reduced first
+_SCALED_FORMATS: Final = frozenset({"jpg", "webp"})  # the formats decoded reduced
+
+
+def pixels_for(
+    data: bytes,
+    header: ImageHeader,
+    decoded: DecodedPixels,
+    size: int,
+    memory_limit: int,
+    where: str = "",
+) -> DecodedPixels:
+    """The pixels to make the thumbnail of ``size`` from: ``decoded`` (the pHash's) where
+    they are as big as the thumbnail (``size``, or the image's own size where that is
+    smaller); else ``data`` decoded again, as little reduced as still gives that (a JPEG at
+    libjpeg's most reduced scale that does, 1/8 to 1/2, else whole; a WebP scaled to it by
+    libwebp as it decodes), held in memory.
+
+    ``header`` is the image's, already checked against the limits. Raises MemoryLimitError
+    where that decode would need more than ``memory_limit`` bytes, DecodeError where it fails.
+    """
+    longest = max(header.width, header.height)
+    target = min(size, longest)
+    if _longest(decoded.image) >= target or header.format not in _SCALED_FORMATS:
+        return decoded
+    if header.format == "jpg":
+        shrink: float = next((f for f in _JPEG_SHRINKS if longest // f >= target), 1)
+    else:
+        shrink = longest / target
+    decode_cost.check(
+        data,
+        header.format,
+        (header.width, header.height),
+        _bands(decoded.image),
+        1,
+        memory_limit=memory_limit,
+        shrink=shrink,
+        where=where,
+    )
+    return DecodedPixels(_decode_reduced(data, header, shrink, where), header.orientation)
+
+
+def _decode_reduced(data: bytes, header: ImageHeader, shrink: float, where: str) -> ReducedImage:
+    """``data`` decoded reduced by ``shrink``, orientation not applied: a JPEG by Pillow
+    where it gives libvips' pixels (as for the pHash), else (and a WebP) by libvips."""
+    if header.format == "jpg":
+        picture = decode_jpeg_as_libvips(data, header, int(shrink))
+        if picture is not None:
+            return picture
+        options: dict[str, float] = {"shrink": int(shrink)} if shrink > 1 else {}
+    else:
+        options = {"scale": 1 / shrink}
+    image = load_vips(data, header.format, where, **options)
+    with vips_errors(header.format, where, "thumbnail pixels"):
+        return image.copy_memory()
+
+
+def _longest(image: ReducedImage) -> int:
+    return max(image.size) if isinstance(image, Image.Image) else max(image.width, image.height)
+
+
+def _bands(image: ReducedImage) -> int:
+    return len(image.getbands()) if isinstance(image, Image.Image) else image.bands
 
 
 def make(pixels: DecodedPixels, size: int, image_format: str, where: str = "") -> Thumbnail:
