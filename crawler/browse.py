@@ -58,6 +58,7 @@ _GRID_COLUMNS: Final = (
     images.c.size,
     images.c.taken_at,
     images.c.fetched_at,
+    images.c.sha256,
 )
 
 
@@ -247,6 +248,7 @@ def _grid_image(row: Any) -> dict[str, Any]:
         "size": row.size,
         "takenAt": _iso(row.taken_at),
         "fetchedAt": _iso(row.fetched_at),
+        "sha256": row.sha256,
     }
 
 
@@ -262,7 +264,6 @@ _RECORD_COLUMNS: Final = (
     images.c.error,
     images.c.http_status,
     images.c.first_seen_at,
-    images.c.sha256,
     images.c.phash,
     images.c.make,
     images.c.model,
@@ -291,7 +292,6 @@ def image_record(catalogue: Catalogue, image_id: int) -> dict[str, Any]:
         "error": row.error,
         "httpStatus": row.http_status,
         "firstSeenAt": _iso(row.first_seen_at),
-        "sha256": row.sha256,
         "pHash": None if row.phash is None else to_hex(row.phash),
         "make": row.make,
         "model": row.model,

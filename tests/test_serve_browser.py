@@ -4,6 +4,7 @@ thumbnail loads, filters narrow the grid to the right images, the detail view li
 right near duplicates, the duplicate groups mark the copy to keep, the charts render, and
 the browser asks no host but the server. Each view leaves a screenshot in tests/artifacts/."""
 
+import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +140,11 @@ def test_the_grid_shows_every_image_with_its_thumbnail(
         "return [...document.querySelectorAll('#grid img')].map(i => i.naturalWidth)"
     )
     assert len(widths) == len(GOOD) and all(width > 0 for width in widths), widths
+    # Each thumbnail's URL names its file's digest, so that the year-long cache never shows
+    # the thumbnail of a file since replaced.
+    sources = browser.run("return [...document.querySelectorAll('#grid img')].map(i => i.src)")
+    digests = {hashlib.sha256(FILES[name]).hexdigest()[:16] for name in GOOD}
+    assert {URL(source).query["v"] for source in sources} == digests
     only_this_server(browser, page)
     screenshot(browser, request, "grid")
 
