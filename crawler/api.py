@@ -140,10 +140,9 @@ def extract_metadata(
         extract_settings = dataclasses.replace(chosen.extract, hash_algorithm=hash_algorithm)
         chosen = dataclasses.replace(chosen, extract=extract_settings)
     if isinstance(source, bytes):
-        from crawler.extract import extract
+        from crawler.extract import extract_metadata as metadata_of
 
-        no_thumbnail = dataclasses.replace(chosen.extract, thumbnail_size=0)
-        return extract(source, None, no_thumbnail).metadata
+        return metadata_of(source, None, chosen.extract)
     return _outside_running_loop(_extract_one, os.fspath(source), chosen)
 
 

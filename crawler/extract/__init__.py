@@ -7,6 +7,7 @@ thumbnail from the pixels the pHash decoded, or decoded again where those are to
 (``thumbnail``).
 """
 
+import dataclasses
 from typing import Any, Final
 
 from crawler.config import ExtractSettings
@@ -114,5 +115,6 @@ def _thumbnail(
 def extract_metadata(
     data: bytes, source: str | None = None, settings: ExtractSettings | None = None
 ) -> dict[str, Any]:
-    """Just the metadata object: ``extract(...).metadata``."""
-    return extract(data, source, settings).metadata
+    """Just the metadata object: ``extract(...).metadata``, with no thumbnail made."""
+    no_thumbnail = dataclasses.replace(settings or ExtractSettings(), thumbnail_size=0)
+    return extract(data, source, no_thumbnail).metadata
