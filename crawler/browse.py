@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from crawler.catalogue import Catalogue
 from crawler.hashes import to_hex
 from crawler.models import FAILED_OR_SKIPPED, STATUSES, images
-from crawler.query import ImageNotFoundError, QueryError
+from crawler.query import ImageNotFoundError, QueryError, counted
 
 SORTS: Final = ("newest", "largest", "taken")
 DEFAULT_PAGE_SIZE: Final = 60
@@ -309,15 +309,15 @@ def summary(catalogue: Catalogue) -> dict[str, Any]:
     common), year taken and file size; failed and skipped URLs by reason."""
     with catalogue.engine.connect() as connection:
         total = connection.execute(sa.select(sa.func.count()).select_from(images)).scalar_one()
-        statuses = _counted(connection, images.c.status)
-        formats = _counted(connection, images.c.format, where=images.c.format.is_not(None))
-        cameras = _counted(
+        statuses = counted(connection, images.c.status)
+        formats = counted(connection, images.c.format, where=images.c.format.is_not(None))
+        cameras = counted(
             connection, images.c.make, images.c.model, where=images.c.make.is_not(None)
         )
         year = sa.extract("year", images.c.taken_at).label("year")
-        years = _counted(connection, year, where=images.c.taken_at.is_not(None))
-        reasons = _counted(connection, images.c.status, images.c.reason, where=FAILED_OR_SKIPPED)
-        sizes = {row.bucket: row.n for row in _counted(connection, _size_bucket())}
+        years = counted(connection, year, where=images.c.taken_at.is_not(None))
+        reasons = counted(connection, images.c.status, images.c.reason, where=FAILED_OR_SKIPPED)
+        sizes = {row.bucket: row.n for row in counted(connection, _size_bucket())}
     return {
         "total": total,
         "byStatus": [{"status": row.status, "count": row.n} for row in statuses],
@@ -332,17 +332,6 @@ def summary(catalogue: Catalogue) -> dict[str, Any]:
         ],
         "bySize": _size_histogram(sizes),
     }
-
-
-def _counted(
-    connection: sa.Connection, *columns: sa.ColumnElement[Any], where: Any = None
-) -> list[sa.Row[Any]]:
-    """Rows of ``columns`` and their count ``n``, most common first."""
-    count = sa.func.count().label("n")
-    statement = sa.select(*columns, count).group_by(*columns)
-    if where is not None:
-        statement = statement.where(where)
-    return list(connection.execute(statement.order_by(count.desc(), *columns)))
 
 
 def _cameras(rows: list[sa.Row[Any]]) -> dict[str, Any]:

@@ -242,16 +242,21 @@ def stats(catalogue: Catalogue) -> list[dict[str, Any]]:
         total = connection.execute(sa.select(count).select_from(images)).scalar_one()
         rows = [{"facet": "total", "value": "images", "count": total}]
         for facet, columns in facets.items():
-            statement = (
-                sa.select(*columns, count)
-                .where(*(column.is_not(None) for column in columns[:1]))
-                .group_by(*columns)
-                .order_by(count.desc(), *columns)
-            )
-            for row in connection.execute(statement):
+            for row in counted(connection, *columns, where=columns[0].is_not(None)):
                 value = " ".join(str(part) for part in row[:-1] if part is not None)
-                rows.append({"facet": facet, "value": value, "count": row.count})
+                rows.append({"facet": facet, "value": value, "count": row.n})
     return rows
+
+
+def counted(
+    connection: sa.Connection, *columns: sa.ColumnElement[Any], where: Any = None
+) -> list[sa.Row[*tuple[Any, ...]]]:
+    """Rows of ``columns`` and their count ``n``, most common first."""
+    count = sa.func.count().label("n")
+    statement = sa.select(*columns, count).group_by(*columns)
+    if where is not None:
+        statement = statement.where(where)
+    return list(connection.execute(statement.order_by(count.desc(), *columns)))
 
 
 EXPORT_FORMATS: Final = ("json", "jsonl", "csv")
