@@ -2,6 +2,7 @@
 // each EXIF section) and its near duplicates by pHash, with their distances.
 import {
   bytes, cameraName, dateTime, dimensions, element, getJson, table, thumbnail, tile,
+  titledSection,
 } from "./dom.js";
 
 const NEAR_DISTANCE = 10;
@@ -27,9 +28,7 @@ function record(image) {
 }
 
 function coordinates(gps) {
-  const section = element("section", "gps");
-  section.id = "gps";
-  section.append(element("h2", "", "Position"));
+  const section = titledSection("gps", "Position");
   if (!gps) {
     section.append(element("p", "empty", "No GPS position in the EXIF."));
     return section;
@@ -45,9 +44,7 @@ function shown(value) {
 }
 
 function metadata(object) {
-  const section = element("section", "metadata");
-  section.id = "metadata";
-  section.append(element("h2", "", "Metadata"));
+  const section = titledSection("metadata", "Metadata");
   if (!object) {
     section.append(element("p", "empty", "No metadata: the image was not extracted."));
     return section;
@@ -66,9 +63,7 @@ function metadata(object) {
 }
 
 async function nearDuplicates(image) {
-  const section = element("section", "near");
-  section.id = "near";
-  section.append(element("h2", "", `Near duplicates (within ${NEAR_DISTANCE} bits)`));
+  const section = titledSection("near", `Near duplicates (within ${NEAR_DISTANCE} bits)`);
   if (!image.pHash) {
     section.append(element("p", "empty", "No pHash: the image was not extracted."));
     return section;

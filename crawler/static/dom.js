@@ -8,6 +8,14 @@ export function element(tag, className, text) {
   return node;
 }
 
+// A section of a view, found by its id, under its heading.
+export function titledSection(id, title, className = id) {
+  const section = element("section", className);
+  section.id = id;
+  section.append(element("h2", "", title));
+  return section;
+}
+
 export function link(text, href, className) {
   const node = element("a", className, text);
   node.href = href;

@@ -1,6 +1,6 @@
 // The summary: the catalogue's counts from /v1/summary as SVG bar charts.
 import { barChart } from "./charts.js";
-import { bytes, cameraName, element, getJson } from "./dom.js";
+import { bytes, cameraName, element, getJson, titledSection } from "./dom.js";
 
 let cached = null;
 
@@ -26,9 +26,7 @@ function cameraBars(cameras) {
 }
 
 function chart(id, title, bars, note) {
-  const section = element("section", "chart");
-  section.id = id;
-  section.append(element("h2", "", title));
+  const section = titledSection(id, title, "chart");
   section.append(bars.length ? barChart(bars) : element("p", "empty", note));
   return section;
 }
