@@ -15,8 +15,14 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from crawler.errors import ConfigError, DecodeError, HashFormatError, ImageError
-from crawler.extract.image import decode_jpeg_as_libvips, load_vips, read_header
-from crawler.extract.phash import compute
+from crawler.extract import libwebp
+from crawler.extract.image import (
+    decode_jpeg_as_libvips,
+    decode_webp_as_libvips,
+    load_vips,
+    read_header,
+)
+from crawler.extract.phash import _COS_PRODUCTS, _dct_hash, compute
 from crawler.hashes import distance, hex_to_signed, parse_hex, similarity, to_hex, to_signed
 from tests.conftest import CORPUS, EXPECTED, require_shared
 from tests.hostile_images import BYTE_CHANGES, damaged
@@ -96,6 +102,90 @@ def test_pillow_decodes_corpus_jpegs_to_the_pixels_libvips_gives(shrink: int) ->
         assert np.asarray(picture).tobytes() == libvips, path.name
         compared += 1
     assert compared >= 85
+
+
+def webp_of(size: tuple[int, int], **options: Any) -> bytes:
+    """A WebP of a corpus photo resized to ``size`` (or of noise without the corpus)."""
+    if CORPUS.is_dir():
+        picture = Image.open(CORPUS / "imagekit-docs/first.jpg").convert("RGB").resize(size)
+    else:
+        noise = np.random.default_rng(7).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        picture = Image.fromarray(noise)
+    if options.pop("alpha", False):
+        picture.putalpha(200)
+    buffer = io.BytesIO()
+    picture.save(buffer, "WEBP", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [(800, 600), (333, 517), (1600, 1200), (31, 23)])
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.3, 0.137, 0.05])
+def test_libwebp_decodes_lossy_webps_to_the_pixels_libvips_gives(
+    size: tuple[int, int], scale: float
+) -> None:
+    # As for JPEG: the pHash and thumbnails take lossy WebP pixels from libwebp directly,
+    # which must be libvips' scaled decode to the byte.
+    data = webp_of(size, quality=80)
+    header = read_header(data, pixel_limit=PIXEL_LIMIT)
+    options = {"scale": scale} if scale < 1 else {}
+    libvips = load_vips(data, "webp", **options)
+    picture = decode_webp_as_libvips(data, header, scale)
+    assert picture is not None
+    assert picture.size == (libvips.width, libvips.height)
+    assert np.asarray(picture).tobytes() == bytes(libvips.write_to_memory())
+
+
+@pytest.mark.parametrize(
+    "options", [{"lossless": True}, {"quality": 80, "alpha": True}], ids=["lossless", "alpha"]
+)
+def test_webps_libwebp_is_not_asked_for_are_hashed_by_libvips(options: dict[str, Any]) -> None:
+    data = webp_of((320, 240), **options)
+    header = read_header(data, pixel_limit=PIXEL_LIMIT)
+    assert decode_webp_as_libvips(data, header, 0.5) is None
+    assert len(imagekit_hex(data)) == 16
+
+
+def test_without_libwebp_at_hand_a_webp_is_hashed_by_libvips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = webp_of((640, 480), quality=80)
+    direct = imagekit_hex(data)
+    monkeypatch.setattr(libwebp, "_libwebp", lambda: None)
+    header = read_header(data, pixel_limit=PIXEL_LIMIT)
+    assert decode_webp_as_libvips(data, header, 0.5) is None
+    assert imagekit_hex(data) == direct
+
+
+def sharp_phash_bits(samples: np.ndarray) -> int:
+    """sharp-phash's loops as it writes them: each coefficient summed term by term."""
+    signal = [float(value) for value in samples.T.reshape(-1)]
+    coefficients = []
+    for products in _COS_PRODUCTS.tolist():
+        total = 0.0
+        for product, value in zip(products, signal, strict=True):
+            total += product * value
+        coefficients.append(total * 0.25)
+    mean = 0.0
+    for coefficient in coefficients:
+        mean += coefficient
+    mean /= len(coefficients)
+    return int("".join("1" if c > mean else "0" for c in coefficients), 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    base=st.integers(0, 255),
+    seed=st.integers(0, 2**32 - 1),
+    spread=st.sampled_from([0, 1, 2, 255]),
+)
+def test_the_dct_gives_sharp_phashs_bits_on_busy_and_flat_samples(
+    base: int, seed: int, spread: int
+) -> None:
+    # The hash takes a matrix product, and sums term by term only where a coefficient lies
+    # near the mean: flat and nearly flat samples must still break ties as JavaScript does.
+    noise = np.random.default_rng(seed).integers(0, spread + 1, (32, 32))
+    samples = np.clip(base + noise, 0, 255).astype(np.uint8)
+    assert _dct_hash(samples) == sharp_phash_bits(samples)
 
 
 def test_corpus_heic_is_hashed() -> None:

@@ -265,7 +265,7 @@ def _webp(
 ) -> Cost:
     width, height = size
     canvas = width * height * 4
-    chunks = _webp_chunks(data)
+    chunks = webp_chunks(data)
     flags = data[20] if b"VP8X" in chunks and len(data) > 20 else 0
     if flags & 0x02:  # animation: each frame is composited onto the canvas
         return Cost(2 * canvas, "animated WebP canvas")
@@ -298,7 +298,8 @@ def webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _webp_chunks(data: bytes) -> set[bytes]:
+def webp_chunks(data: bytes) -> set[bytes]:
+    """The kinds of the WebP's chunks (at most the first few dozen)."""
     kinds: set[bytes] = set()
     offset = 12
     while offset + 8 <= len(data) and len(kinds) < _WEBP_MOST_CHUNKS:

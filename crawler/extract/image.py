@@ -42,7 +42,7 @@ from crawler.errors import (
     PixelLimitError,
     UnsupportedFormatError,
 )
-from crawler.extract import decode_cost
+from crawler.extract import decode_cost, libwebp, plain_headers, png
 from crawler.signatures import AVIF_BRANDS, SIGNATURE_SIZE, image_signature
 
 # Extraction runs in long-lived worker processes: libvips must not keep decoded images,
@@ -94,7 +94,16 @@ for _domain in (b"VIPS", b"GLib-GObject"):
 if logging.getLogger("pyvips").level == logging.NOTSET:
     logging.getLogger("pyvips").setLevel(logging.ERROR)
 
-VIPS_FORMATS: Final = frozenset({"jpg", "png", "gif", "webp", "tiff", "heif", "avif"})
+_VIPS_LOADERS: Final = {
+    "jpg": "jpegload_buffer",
+    "png": "pngload_buffer",
+    "gif": "gifload_buffer",
+    "webp": "webpload_buffer",
+    "tiff": "tiffload_buffer",
+    "heif": "heifload_buffer",
+    "avif": "heifload_buffer",
+}
+VIPS_FORMATS: Final = frozenset(_VIPS_LOADERS)
 
 _UNSUPPORTED_SIGNATURES: Final = (
     (b"\x00\x00\x01\x00", "ICO"),
@@ -203,6 +212,8 @@ def read_header(
     if image_format == "bmp":
         header, bands = _read_bmp_header(data, where)
         sample_bytes = 1
+    elif (plain := plain_headers.read(data, image_format)) is not None:
+        header, bands, sample_bytes = _header_from_plain(image_format, plain), plain.bands, 1
     else:
         image = load_vips(data, image_format, where)
         header, bands = _header_from_vips(image_format, image), image.bands
@@ -256,20 +267,22 @@ def load_vips(data: bytes, image_format: str, where: str = "", **options: Any) -
     failures show up later, when pixels are computed: wrap that in ``vips_errors``.
     """
     with vips_errors(image_format, where, "header"):
-        image = _open_vips(data, options)
+        image = _open_vips(data, image_format, options)
         # sharp decodes a multi-image HEIF's primary image, not its first one.
         if image_format in ("heif", "avif") and "page" not in options:
             primary = _primary_heif_page(image)
             if primary:
-                image = _open_vips(data, options | {"page": primary})
+                image = _open_vips(data, image_format, options | {"page": primary})
     return image
 
 
-def _open_vips(data: bytes, options: dict[str, Any]) -> pyvips.Image:
+def _open_vips(data: bytes, image_format: str, options: dict[str, Any]) -> pyvips.Image:
     # sharp fails on libjpeg warnings ("warning"); we still hash what decodes with warnings
-    # (sharp gives no hash there at all) and fail only on truncated or broken data.
-    return pyvips.Image.new_from_buffer(
-        data, "", access="sequential", fail_on="truncated", **options
+    # (sharp gives no hash there at all) and fail only on truncated or broken data. The
+    # format's loader is called by name: asking each loader whether the bytes are its own
+    # took a third of opening a web-sized image.
+    return pyvips.Operation.call(
+        _VIPS_LOADERS[image_format], data, access="sequential", fail_on="truncated", **options
     )
 
 
@@ -339,13 +352,41 @@ def decode_jpeg_as_libvips(data: bytes, header: ImageHeader, shrink: int) -> Ima
     return picture if picture.size == libvips_size else picture.crop((0, 0, *libvips_size))
 
 
-def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> Image.Image | None:
-    """A PNG's or GIF's palette indices, decoded by Pillow, where the colours they index are
-    the pixels libvips gives: no transparency, a first frame that covers the canvas, no index
-    past the palette. None (decode with libvips instead) for any other image or damage.
+def decode_webp_as_libvips(
+    data: bytes, header: ImageHeader, scale: float, where: str = ""
+) -> Image.Image | None:
+    """The pixels libvips' WebP loader gives with ``scale``, decoded by libwebp directly
+    (``libwebp``): a lossy WebP without alpha, colour profile or animation. None (decode
+    with libvips instead) for any other WebP, or where libwebp fails."""
+    chunks = decode_cost.webp_chunks(data)
+    if b"VP8 " not in chunks or chunks & {b"VP8L", b"ALPH", b"ICCP", b"ANIM"}:
+        return None
+    if b"VP8X" in chunks:  # its flags may still say alpha or animation: ask libvips
+        options = {"scale": scale} if scale != 1 else {}
+        image = load_vips(data, "webp", where, **options)
+        if (
+            image.bands != 3
+            or image.get_typeof("icc-profile-data")
+            or (image.get_typeof("n-pages") and image.get("n-pages") > 1)
+        ):
+            return None
+        width, height = image.width, image.height
+    else:  # libvips' scaled size: each side times the scale, rounded half to even (rint)
+        width, height = round(header.width * scale), round(header.height * scale)
+    pixels = libwebp.decode_rgb(data, width, height, scaled=scale != 1)
+    return None if pixels is None else Image.fromarray(pixels)
+
+
+def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> png.PalettePixels | None:
+    """A PNG's or GIF's palette indices, where the colours they index are the pixels libvips
+    gives: no transparency, a first frame that covers the canvas, no index past the
+    palette. Read by ``png`` where the PNG is plain, else decoded by Pillow; None (decode
+    with libvips instead) for any other image or damage.
 
     The pHash then converts the palette's colours instead of every pixel's.
     """
+    if header.format == "png" and (plain := png.palette_indices(data)) is not None:
+        return plain if plain.size == (header.width, header.height) else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -364,7 +405,7 @@ def decode_palette_as_libvips(data: bytes, header: ImageHeader) -> Image.Image |
     highest_index = picture.getextrema()[1]
     if picture.mode != "P" or not isinstance(highest_index, int) or highest_index >= colours:
         return None
-    return picture
+    return png.PalettePixels.from_pillow(picture)
 
 
 def decode_with_pillow(
@@ -429,6 +470,18 @@ def _header_from_vips(image_format: str, image: pyvips.Image) -> ImageHeader:
         density=_density_dpi(image.xres),
         has_transparency=bool(image.hasalpha()),
         orientation=_orientation(image),
+    )
+
+
+def _header_from_plain(image_format: str, plain: plain_headers.PlainHeader) -> ImageHeader:
+    return ImageHeader(
+        format=image_format,
+        width=plain.width,
+        height=plain.height,
+        has_color_profile=plain.has_color_profile,
+        density=_density_dpi(plain.pixels_per_mm),
+        has_transparency=False,
+        orientation=1,
     )
 
 

@@ -19,12 +19,14 @@ from crawler.extract.image import (
     ImageHeader,
     decode_jpeg_as_libvips,
     decode_palette_as_libvips,
+    decode_webp_as_libvips,
     decode_with_pillow,
     decoded_bytes,
     load_vips,
     vips_errors,
     vips_messages_decoded,
 )
+from crawler.extract.png import PalettePixels
 
 # ImageKit's pHash is npm sharp-phash 2.2.0: sharp(img).greyscale().resize(32, 32, {fit: 'fill'})
 # .rotate().raw(), then a 32 x 32 DCT-II. To give the same bits we repeat the libvips operations
@@ -84,6 +86,9 @@ _LOW_COS: Final = np.array(
 _COS_PRODUCTS: Final = (_LOW_COS.T[:, None, :, None] * _LOW_COS.T[None, :, None, :]).reshape(
     _LOW_SIZE * _LOW_SIZE, _SAMPLE_SIZE * _SAMPLE_SIZE
 )
+# Any order of summing a coefficient's 1024 terms (each at most 255) lands within
+# 1023 * 2**-53 * 1024 * 255 (3e-8) of the exact sum; this bound leaves room to spare.
+_ROUNDING_BOUND: Final = 1e-6
 
 
 def compute(data: bytes, header: ImageHeader, algorithm: str, where: str = "") -> int:
@@ -145,6 +150,8 @@ def imagekit_phash(
             return _hash_via_pillow(data, header, where, hold_most)
         except DecodeError:
             raise vips_failure from None
+    if isinstance(reduced, PalettePixels):
+        reduced = reduced.to_pillow()
     pixels = DecodedPixels(reduced, header.orientation) if kept else None
     return _dct_hash(samples), pixels
 
@@ -166,22 +173,27 @@ def imagehash_phash(data: bytes, header: ImageHeader, where: str = "") -> tuple[
 
 # The image as sharp's loader hands it on: decoded at the reduced size shrink-on-load gives
 # (JPEG at 1/2 to 1/8, WebP scaled), EXIF orientation not applied, no colour conversion yet.
-# JPEG pixels come from Pillow, the rest from libvips (lazy: decoded when asked for, once).
+# JPEG pixels come from Pillow, most WebPs' from libwebp, the rest from libvips (lazy:
+# decoded when asked for, once).
 ReducedImage: TypeAlias = Image.Image | pyvips.Image
 
 
-def decode_reduced(data: bytes, header: ImageHeader, where: str = "") -> ReducedImage:
+def decode_reduced(
+    data: bytes, header: ImageHeader, where: str = ""
+) -> ReducedImage | PalettePixels:
     """``data`` decoded as far as sharp's shrink-on-load goes for the pHash's 32 x 32.
 
     ``header`` is ``image.read_header(data, ...)``, already checked against the limits.
     """
     load_options = _shrink_on_load(header)
-    picture = None
+    picture: ReducedImage | PalettePixels | None = None
     if header.format == "jpg":
         picture = decode_jpeg_as_libvips(data, header, int(load_options.get("shrink", 1)))
+    elif header.format == "webp":
+        picture = decode_webp_as_libvips(data, header, float(load_options.get("scale", 1)), where)
     elif header.format in ("png", "gif") and header.width * header.height <= _NUMPY_MAX_PIXELS:
         picture = decode_palette_as_libvips(data, header)
-        if picture is not None and not _fits_numpy(picture.mode, picture.size, _profile(picture)):
+        if picture is not None and not _fits_numpy("P", picture.size, picture.icc_profile):
             picture = None  # libvips keeps the palette's colour profile
     if picture is not None:
         return picture
@@ -197,14 +209,15 @@ def _hash_via_pillow(
 
 
 def _held(
-    reduced: ReducedImage, header: ImageHeader, where: str, hold_most: int
-) -> tuple[ReducedImage, bool]:
-    """``reduced``, and whether it can be read again after the pHash has read it: a Pillow
-    image can; a libvips image once copied to memory, where it takes at most ``hold_most``
-    bytes (the copy keeps the loader's sequential mark, so libvips reduces it as before)."""
+    reduced: ReducedImage | PalettePixels, header: ImageHeader, where: str, hold_most: int
+) -> tuple[ReducedImage | PalettePixels, bool]:
+    """``reduced``, and whether it can be read again after the pHash has read it: Pillow's
+    and numpy's pixels can; a libvips image once copied to memory, where it takes at most
+    ``hold_most`` bytes (the copy keeps the loader's sequential mark, so libvips reduces it
+    as before)."""
     if not hold_most:
         return reduced, False
-    if isinstance(reduced, Image.Image):
+    if not isinstance(reduced, pyvips.Image):
         return reduced, True
     if decoded_bytes(reduced) > hold_most:
         return reduced, False
@@ -212,11 +225,15 @@ def _held(
         return reduced.copy_memory(), True
 
 
-def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.ndarray:
+def _greyscale_32(
+    reduced: ReducedImage | PalettePixels, header: ImageHeader, where: str
+) -> np.ndarray:
     """The 32 x 32 greyscale samples sharp hands to sharp-phash."""
     with vips_errors(header.format, where, "pixels"):
         grey = _numpy_grey(reduced)
         if grey is None:
+            if isinstance(reduced, PalettePixels):
+                reduced = reduced.to_pillow()
             if isinstance(reduced, Image.Image):
                 reduced = _vips_from_pillow(reduced)
             return _sharp_pipeline(reduced, header.orientation)
@@ -225,7 +242,7 @@ def _greyscale_32(reduced: ReducedImage, header: ImageHeader, where: str) -> np.
     return _oriented(samples, header.orientation)
 
 
-def _numpy_grey(reduced: ReducedImage) -> np.ndarray | None:
+def _numpy_grey(reduced: ReducedImage | PalettePixels) -> np.ndarray | None:
     """sharp's ICC conversion to sRGB and greyscale of a small 8-bit RGB, palette or grey
     image without alpha, computed in numpy as libvips computes them (``icc``,
     ``resample``); None for the other images, which libvips takes.
@@ -233,13 +250,17 @@ def _numpy_grey(reduced: ReducedImage) -> np.ndarray | None:
     A pipeline of libvips operations costs more to set up than small images cost to
     compute; on big RGB images (over ``_NUMPY_RGB_MAX_PIXELS``) libvips is faster.
     """
+    if isinstance(reduced, Image.Image) and reduced.mode == "P":
+        reduced = PalettePixels.from_pillow(reduced)
+    if isinstance(reduced, PalettePixels):
+        return _palette_grey(reduced)
     if isinstance(reduced, Image.Image):
         mode, size = reduced.mode, reduced.size
     else:
         mode = _VIPS_MODES.get((reduced.bands, reduced.format, reduced.interpretation), "")
         size = (reduced.width, reduced.height)
     profile = _profile(reduced)
-    if not _fits_numpy(mode, size, profile):
+    if mode not in ("RGB", "L") or not _fits_numpy(mode, size, profile):
         return None
     if isinstance(reduced, pyvips.Image):
         shape = (reduced.height, reduced.width, reduced.bands)
@@ -248,12 +269,17 @@ def _numpy_grey(reduced: ReducedImage) -> np.ndarray | None:
         pixels = np.asarray(reduced)
     if mode == "L":
         return pixels.reshape(pixels.shape[:2])
-    if mode == "RGB":
-        return resample.srgb_to_grey(icc.to_srgb(pixels, profile) if profile else pixels)
-    # A palette image: the grey of each colour of the palette, looked up.
-    palette = np.array(reduced.getpalette("RGB"), dtype=np.uint8).reshape(1, -1, 3)
+    return resample.srgb_to_grey(icc.to_srgb(pixels, profile) if profile else pixels)
+
+
+def _palette_grey(reduced: PalettePixels) -> np.ndarray | None:
+    """The grey of each colour of the palette, looked up for each pixel."""
+    if not _fits_numpy("P", reduced.size, reduced.icc_profile):
+        return None
+    palette = np.frombuffer(reduced.palette, dtype=np.uint8).reshape(1, -1, 3)
+    profile = reduced.icc_profile
     grey = resample.srgb_to_grey(icc.to_srgb(palette, profile) if profile else palette)
-    return np.take(grey[0], pixels)
+    return np.take(grey[0], reduced.indices)
 
 
 def _profile(reduced: ReducedImage) -> bytes | None:
@@ -368,13 +394,18 @@ def _dct_hash(samples: np.ndarray) -> int:
     sharp-phash indexes its signal as s[x][y] = pixels[32 * y + x] (a transposition), sums each
     coefficient term by term in order (i outer, j inner) and sets a bit where a coefficient of
     the 8 x 8 low block (DC row and column skipped) is above their mean, first bit highest.
-    The same terms are summed in the same order here (cumsum is sequential), so ties break
-    as they do in JavaScript.
+
+    A matrix product gives each coefficient to within ``_ROUNDING_BOUND`` of that sequential
+    sum: where no coefficient lies that close to the mean, it has the same bits. Where one
+    does (flat images: every coefficient is rounding noise), the terms are summed in
+    sharp-phash's order (cumsum is sequential), so ties break as they do in JavaScript.
     """
-    signal = samples.T.astype(np.float64).reshape(1, -1)
-    # terms[u * 8 + v, i * 32 + j] = (COS[i][u] * COS[j][v]) * f[i][j]
-    terms = _COS_PRODUCTS * signal
-    sums = np.cumsum(terms, axis=1)[:, -1]
-    coefficients = sums * 0.25  # (SQRT[u] * SQRT[v]) / 4 with u, v >= 1
-    mean = float(np.cumsum(coefficients)[-1]) / (_LOW_SIZE * _LOW_SIZE)
+    signal = samples.T.astype(np.float64).reshape(-1)
+    coefficients = (_COS_PRODUCTS @ signal) * 0.25  # (SQRT[u] * SQRT[v]) / 4 with u, v >= 1
+    mean = float(coefficients.mean())
+    if float(np.abs(coefficients - mean).min()) <= _ROUNDING_BOUND:
+        # terms[u * 8 + v, i * 32 + j] = (COS[i][u] * COS[j][v]) * f[i][j]
+        terms = _COS_PRODUCTS * signal
+        coefficients = np.cumsum(terms, axis=1)[:, -1] * 0.25
+        mean = float(np.cumsum(coefficients)[-1]) / (_LOW_SIZE * _LOW_SIZE)
     return int.from_bytes(np.packbits(coefficients > mean).tobytes(), "big")

@@ -27,6 +27,7 @@ from crawler.extract.image import (
     ImageHeader,
     apply_orientation,
     decode_jpeg_as_libvips,
+    decode_webp_as_libvips,
     load_vips,
     one_line,
     vips_errors,
@@ -84,13 +85,17 @@ def pixels_for(
 
 def _decode_reduced(data: bytes, header: ImageHeader, shrink: float, where: str) -> ReducedImage:
     """``data`` decoded reduced by ``shrink``, orientation not applied: a JPEG by Pillow
-    where it gives libvips' pixels (as for the pHash), else (and a WebP) by libvips."""
+    where it gives libvips' pixels (as for the pHash), a lossy WebP by libwebp, else by
+    libvips."""
     if header.format == "jpg":
         picture = decode_jpeg_as_libvips(data, header, int(shrink))
         if picture is not None:
             return picture
         options: dict[str, float] = {"shrink": int(shrink)} if shrink > 1 else {}
     else:
+        picture = decode_webp_as_libvips(data, header, 1 / shrink, where)
+        if picture is not None:
+            return picture
         options = {"scale": 1 / shrink}
     image = load_vips(data, header.format, where, **options)
     with vips_errors(header.format, where, "thumbnail pixels"):

@@ -1,0 +1,141 @@
+"""Plain headers: read from the bytes, they must be libvips' own wherever they answer, and
+leave every other file to libvips."""
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+
+import pytest
+from PIL import Image, ImageCms
+
+from crawler.errors import ImageError
+from crawler.extract import image, plain_headers
+from tests.conftest import CORPUS, require_shared
+
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def saved(picture: Image.Image, kind: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, kind, **options)
+    return buffer.getvalue()
+
+
+def photo(mode: str = "RGB", size: tuple[int, int] = (96, 64)) -> Image.Image:
+    picture = Image.linear_gradient("L").resize(size).convert(mode)
+    if mode == "RGBA":
+        picture.putalpha(128)
+    return picture.quantize(64) if mode == "P" else picture
+
+
+def with_jfif(jpeg: bytes, unit: int, x_density: int, y_density: int, copies: int = 1) -> bytes:
+    """``jpeg`` with its APP0 replaced by ``copies`` JFIF APP0s of that unit and density."""
+    assert jpeg[2:4] == b"\xff\xe0"
+    rest = jpeg[4 + int.from_bytes(jpeg[4:6], "big") :]
+    body = b"JFIF\0\x01\x01" + struct.pack(">BHH", unit, x_density, y_density) + b"\0\0"
+    return jpeg[:2] + (b"\xff\xe0" + struct.pack(">H", len(body) + 2) + body) * copies + rest
+
+
+def with_segment(jpeg: bytes, marker: int, body: bytes) -> bytes:
+    return jpeg[:2] + bytes((0xFF, marker)) + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """``png`` with a chunk inserted right after IHDR."""
+    return png[:33] + png_chunk(kind, body) + png[33:]
+
+
+def phys(unit: int, x: int, y: int) -> bytes:
+    return struct.pack(">IIB", x, y, unit)
+
+
+JPEG = saved(photo(), "JPEG", quality=85)
+PNG_RGB = saved(photo(), "PNG")
+PNG_PALETTE = saved(photo("P"), "PNG")
+ANSWERED: dict[str, Callable[[], bytes]] = {
+    "jpeg": lambda: JPEG,
+    "grey jpeg": lambda: saved(photo("L"), "JPEG"),
+    "progressive jpeg": lambda: saved(photo(), "JPEG", progressive=True),
+    "jpeg 300 dpi": lambda: with_jfif(JPEG, 1, 300, 300),
+    "jpeg 118 per cm": lambda: with_jfif(JPEG, 2, 118, 118),
+    "jpeg aspect ratio": lambda: with_jfif(JPEG, 0, 3, 2),
+    "jpeg unknown unit": lambda: with_jfif(JPEG, 7, 300, 300),
+    "jpeg density 1": lambda: with_jfif(JPEG, 1, 1, 300),
+    "jpeg two JFIFs": lambda: with_jfif(JPEG, 1, 200, 200, copies=2),
+    "jpeg with a profile": lambda: saved(photo(), "JPEG", icc_profile=SRGB_PROFILE),
+    "jpeg profile section 2 only": lambda: with_segment(
+        JPEG, 0xE2, b"ICC_PROFILE\0\x02\x02" + SRGB_PROFILE
+    ),
+    "webp": lambda: saved(photo(), "WEBP", quality=80),
+    "rgb png": lambda: PNG_RGB,
+    "grey png": lambda: saved(photo("L"), "PNG"),
+    "palette png": lambda: PNG_PALETTE,
+    "interlaced png": lambda: saved(photo(), "PNG", interlace=1),
+    "png with a profile": lambda: saved(photo(), "PNG", icc_profile=SRGB_PROFILE),
+    "png 300 dpi": lambda: with_chunk(PNG_RGB, b"pHYs", phys(1, 11811, 11811)),
+    "png unit 0": lambda: with_chunk(PNG_RGB, b"pHYs", phys(0, 3, 2)),
+    "png text": lambda: with_chunk(PNG_RGB, b"tEXt", b"Software\0crawler"),
+    "png gamma": lambda: with_chunk(PNG_RGB, b"gAMA", struct.pack(">I", 45455)),
+}
+LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
+    "jpeg with exif": lambda: saved(photo(), "JPEG", exif=Image.Exif().tobytes()),
+    "cmyk jpeg": lambda: saved(photo("CMYK"), "JPEG"),
+    "truncated jpeg header": lambda: JPEG[:300],
+    "webp with alpha": lambda: saved(photo("RGBA"), "WEBP"),
+    "lossless webp": lambda: saved(photo(), "WEBP", lossless=True),
+    "png with alpha": lambda: saved(photo("RGBA"), "PNG"),
+    "palette png with transparency": lambda: saved(photo("P"), "PNG", transparency=0),
+    "16-bit png": lambda: saved(photo("I;16"), "PNG"),
+    "png with exif": lambda: with_chunk(PNG_RGB, b"eXIf", Image.Exif().tobytes()),
+    "png bad crc": lambda: PNG_RGB[:-20] + bytes([PNG_RGB[-20] ^ 1]) + PNG_RGB[-19:],
+    "png unknown critical chunk": lambda: with_chunk(PNG_RGB, b"ABCD", b""),
+    "png pHYs unit 2": lambda: with_chunk(PNG_RGB, b"pHYs", phys(2, 300, 300)),
+    "png bad profile name": lambda: with_chunk(
+        PNG_RGB, b"iCCP", b" sRGB\0\0" + zlib.compress(SRGB_PROFILE)
+    ),
+}
+
+
+def libvips_header(data: bytes) -> tuple[image.ImageHeader, int]:
+    image_format = image.sniff_format(data)
+    loaded = image.load_vips(data, image_format)
+    return image._header_from_vips(image_format, loaded), loaded.bands
+
+
+def plain_header(data: bytes) -> tuple[image.ImageHeader, int] | None:
+    image_format = image.sniff_format(data)
+    plain = plain_headers.read(data, image_format)
+    if plain is None:
+        return None
+    return image._header_from_plain(image_format, plain), plain.bands
+
+
+@pytest.mark.parametrize("make", ANSWERED.values(), ids=ANSWERED.keys())
+def test_plain_headers_are_libvips_headers(make: Callable[[], bytes]) -> None:
+    data = make()
+    assert plain_header(data) == libvips_header(data)
+
+
+@pytest.mark.parametrize("make", LEFT_TO_LIBVIPS.values(), ids=LEFT_TO_LIBVIPS.keys())
+def test_other_files_are_left_to_libvips(make: Callable[[], bytes]) -> None:
+    assert plain_header(make()) is None
+
+
+def test_plain_headers_are_libvips_headers_on_the_corpus() -> None:
+    require_shared()
+    answered = 0
+    for path in sorted(CORPUS.rglob("*.*")):
+        data = path.read_bytes()
+        try:
+            plain = plain_header(data)
+        except ImageError:
+            continue
+        if plain is not None:
+            assert plain == libvips_header(data), path.name
+            answered += 1
+    assert answered >= 10
