@@ -12,6 +12,16 @@ from PIL import Image, ImageCms
 from crawler.errors import ImageError
 from crawler.extract import image, plain_headers
 from tests.conftest import CORPUS, require_shared
+from tests.tiff_builder import (
+    LONG,
+    RATIONAL,
+    SHORT,
+    SRATIONAL,
+    Entry,
+    encode_ifd,
+    entry,
+    tiff_block,
+)
 
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -54,6 +64,22 @@ def phys(unit: int, x: int, y: int) -> bytes:
     return struct.pack(">IIB", x, y, unit)
 
 
+def with_exif(jpeg: bytes, *entries: Entry, order: str = "<", tiff: bytes = b"") -> bytes:
+    """``jpeg`` with an EXIF APP1 whose IFD0 holds ``entries`` (and an Exif and a GPS
+    directory after them), or the TIFF data given."""
+    sections = {"image": list(entries), "exif": [entry(0x9000, 7, b"0232")], "gps": []}
+    return with_segment(jpeg, 0xE1, b"Exif\0\0" + (tiff or tiff_block(sections, order)))
+
+
+def resolution(unit: int | None, x: tuple[int, int] = (300, 1), order: str = "<") -> list[Entry]:
+    entries = [entry(0x011A, RATIONAL, [x], order), entry(0x011B, RATIONAL, [x], order)]
+    return entries + ([entry(0x0128, SHORT, [unit], order)] if unit is not None else [])
+
+
+def orientation(value: int, field_type: int = SHORT) -> Entry:
+    return entry(0x0112, field_type, [value])
+
+
 JPEG = saved(photo(), "JPEG", quality=85)
 PNG_RGB = saved(photo(), "PNG")
 PNG_PALETTE = saved(photo("P"), "PNG")
@@ -71,6 +97,21 @@ ANSWERED: dict[str, Callable[[], bytes]] = {
     "jpeg profile section 2 only": lambda: with_segment(
         JPEG, 0xE2, b"ICC_PROFILE\0\x02\x02" + SRGB_PROFILE
     ),
+    "exif orientation 6": lambda: with_exif(JPEG, orientation(6)),
+    "exif orientation 9": lambda: with_exif(JPEG, orientation(9)),
+    "exif 300 dpi": lambda: with_exif(JPEG, orientation(1), *resolution(2)),
+    "exif per cm": lambda: with_exif(JPEG, *resolution(3, (118, 1))),
+    "exif no unit": lambda: with_exif(JPEG, *resolution(1, (5, 2))),
+    "exif unit absent": lambda: with_exif(JPEG, *resolution(None, (240, 1))),
+    "exif unknown unit": lambda: with_exif(with_jfif(JPEG, 1, 200, 200), *resolution(5)),
+    "exif x resolution only": lambda: with_exif(
+        with_jfif(JPEG, 1, 200, 200), entry(0x011A, RATIONAL, [(300, 1)])
+    ),
+    "exif zero denominator": lambda: with_exif(JPEG, *resolution(2, (300, 0))),
+    "exif big-endian": lambda: with_exif(
+        JPEG, entry(0x0112, SHORT, [8], ">"), *resolution(2, (96, 1), ">"), order=">"
+    ),
+    "two exif blocks": lambda: with_exif(with_exif(JPEG, orientation(6)), orientation(3)),
     "webp": lambda: saved(photo(), "WEBP", quality=80),
     "rgb png": lambda: PNG_RGB,
     "grey png": lambda: saved(photo("L"), "PNG"),
@@ -83,7 +124,19 @@ ANSWERED: dict[str, Callable[[], bytes]] = {
     "png gamma": lambda: with_chunk(PNG_RGB, b"gAMA", struct.pack(">I", 45455)),
 }
 LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
-    "jpeg with exif": lambda: saved(photo(), "JPEG", exif=Image.Exif().tobytes()),
+    "exif orientation a LONG": lambda: with_exif(JPEG, orientation(6, LONG)),
+    "exif resolution signed": lambda: with_exif(
+        JPEG, entry(0x011A, SRATIONAL, [(300, 1)]), entry(0x011B, SRATIONAL, [(300, 1)])
+    ),
+    "exif orientation twice": lambda: with_exif(JPEG, orientation(6), orientation(3)),
+    "exif orientation after a pointer": lambda: with_exif(
+        JPEG, tiff=b"II*\0\x08\0\0\0" + encode_ifd([entry(0x8769, LONG, [8]), orientation(6)], 8)
+    ),
+    "exif resolution outside": lambda: with_exif(
+        JPEG, tiff=b"II*\0\x08\0\0\0" + encode_ifd(resolution(2), 8)[:-16]
+    ),
+    "exif not tiff": lambda: with_exif(JPEG, tiff=b"XX*\0\x08\0\0\0" + bytes(20)),
+    "exif directory past the end": lambda: with_exif(JPEG, tiff=b"II*\0\x08\0\0\0\xff\0"),
     "cmyk jpeg": lambda: saved(photo("CMYK"), "JPEG"),
     "truncated jpeg header": lambda: JPEG[:300],
     "webp with alpha": lambda: saved(photo("RGBA"), "WEBP"),

@@ -481,7 +481,7 @@ def _header_from_plain(image_format: str, plain: plain_headers.PlainHeader) -> I
         has_color_profile=plain.has_color_profile,
         density=_density_dpi(plain.pixels_per_mm),
         has_transparency=False,
-        orientation=1,
+        orientation=plain.orientation,
     )
 
 

@@ -6,9 +6,9 @@ files most of the web serves, the facts are a few bytes away. ``read`` answers o
 they are certain to be libvips' own (its jpeg2vips.c and webp2vips.c, repeated here); for
 anything else it gives None and libvips reads the header:
 
-- a JPEG with an EXIF block (libvips takes orientation and resolution from it, through
-  libexif), a frame other than 8-bit Huffman with 1 or 3 components, or marker segments
-  that do not run whole up to the first scan;
+- a JPEG whose EXIF block is anything but plain (libvips takes orientation and resolution
+  from it through libexif; see ``_exif_ifd0``), a frame other than 8-bit Huffman with 1 or
+  3 components, or marker segments that do not run whole up to the first scan;
 - a PNG other than an opaque 8-bit grey, RGB or palette one whose chunks before the
   pixels are whole and known (``png.plain_header``);
 - a WebP other than a lossy one in the simple format (one VP8 chunk: no alpha, colour
@@ -26,6 +26,15 @@ _SOS: Final = 0xDA
 _APP0, _APP1, _APP2 = 0xE0, 0xE1, 0xE2
 _MM_PER_INCH: Final = 25.4
 _DEFAULT_PIXELS_PER_MM: Final = 72.0 / _MM_PER_INCH  # libvips' default: 72 dpi, as EXIF's
+_SHORT, _RATIONAL = 3, 5
+_ORIENTATION, _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 0x0112, 0x011A, 0x011B, 0x0128
+_EXIF_READ: Final = {
+    _ORIENTATION: _SHORT,
+    _X_RESOLUTION: _RATIONAL,
+    _Y_RESOLUTION: _RATIONAL,
+    _RESOLUTION_UNIT: _SHORT,
+}
+_SUB_IFD_POINTERS: Final = frozenset({0x8769, 0x8825, 0xA005})  # Exif, GPS, Interop
 
 
 class PlainHeader(NamedTuple):
@@ -34,6 +43,7 @@ class PlainHeader(NamedTuple):
     bands: int
     has_color_profile: bool
     pixels_per_mm: float  # libvips' xres
+    orientation: int = 1
 
 
 def read(data: bytes, image_format: str) -> PlainHeader | None:
@@ -51,6 +61,7 @@ def _jpeg(data: bytes) -> PlainHeader | None:
     frame: tuple[int, int, int] | None = None
     has_profile = False
     jfif: bytes | None = None  # the last JFIF APP0: libjpeg keeps what each one says
+    exif: bytes | None = None  # the first EXIF APP1: libvips reads no other
     for marker, payload in _whole_segments(data):
         if marker in _HUFFMAN_FRAMES and frame is None:
             frame = _huffman_frame(payload)
@@ -59,7 +70,7 @@ def _jpeg(data: bytes) -> PlainHeader | None:
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # another frame: arithmetic, lossless, or a second one
         elif marker == _APP1 and len(payload) > 4 and payload.startswith(b"Exif"):
-            return None
+            exif = exif or payload
         elif marker == _APP0 and len(payload) >= 14 and payload.startswith(b"JFIF\0"):
             jfif = payload
         elif marker == _APP2 and len(payload) > 14 and payload.startswith(b"ICC_PROFILE"):
@@ -68,8 +79,65 @@ def _jpeg(data: bytes) -> PlainHeader | None:
             if frame is None:
                 return None
             width, height, components = frame
-            return PlainHeader(width, height, components, has_profile, _jfif_resolution(jfif))
+            facts = _exif_ifd0(exif) if exif else (1, None)
+            if facts is None:
+                return None
+            orientation, exif_resolution = facts
+            resolution = _jfif_resolution(jfif) if exif_resolution is None else exif_resolution
+            return PlainHeader(width, height, components, has_profile, resolution, orientation)
     return None
+
+
+def _exif_ifd0(block: bytes) -> tuple[int, float | None] | None:
+    """(orientation, xres or None to keep JFIF's) from a plain EXIF block's IFD0, as
+    libvips reads them through libexif (exif.c: vips_image_resolution_from_exif and the
+    orientation it parses). Plain: a whole TIFF header and IFD0, the four tags read at most
+    once each, of their standard types and counts, ahead of any sub-directory pointer (so
+    that nothing libexif does on loading a broken sub-directory can cut them off)."""
+    tiff = block[6:]
+    if not block.startswith(b"Exif\0\0") or tiff[:4] not in (b"II*\0", b"MM\0*"):
+        return None
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd0,) = struct.unpack_from(f"{order}I", tiff, 4)
+    if ifd0 + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(f"{order}H", tiff, ifd0)
+    if ifd0 + 2 + 12 * count > len(tiff):
+        return None
+    values: dict[int, int] = {}  # tag -> where its value lies in the TIFF data
+    pointer_seen = False
+    for entry in range(ifd0 + 2, ifd0 + 2 + 12 * count, 12):
+        tag, kind, components, offset = struct.unpack_from(f"{order}HHII", tiff, entry)
+        pointer_seen = pointer_seen or tag in _SUB_IFD_POINTERS
+        if tag not in _EXIF_READ:
+            continue
+        if pointer_seen or tag in values or (kind, components) != (_EXIF_READ[tag], 1):
+            return None
+        if kind == _RATIONAL and offset + 8 > len(tiff):
+            return None  # libexif drops the entry
+        values[tag] = offset if kind == _RATIONAL else entry + 8
+    return _orientation(values, order, tiff), _exif_resolution(values, order, tiff)
+
+
+def _orientation(values: dict[int, int], order: str, tiff: bytes) -> int:
+    if _ORIENTATION not in values:
+        return 1
+    (orientation,) = struct.unpack_from(f"{order}H", tiff, values[_ORIENTATION])
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _exif_resolution(values: dict[int, int], order: str, tiff: bytes) -> float | None:
+    """libvips' xres from XResolution and ResolutionUnit (inches where it is absent); None
+    where it keeps JFIF's: no X or Y resolution, or a unit it does not know."""
+    if _X_RESOLUTION not in values or _Y_RESOLUTION not in values:
+        return None
+    numerator, denominator = struct.unpack_from(f"{order}II", tiff, values[_X_RESOLUTION])
+    resolution = numerator / denominator if denominator else 0.0
+    unit = 2
+    if _RESOLUTION_UNIT in values:
+        (unit,) = struct.unpack_from(f"{order}H", tiff, values[_RESOLUTION_UNIT])
+    per_mm = {1: resolution, 2: resolution / _MM_PER_INCH, 3: resolution / 10.0}.get(unit)
+    return None if per_mm is None else max(0.0, per_mm)
 
 
 def _whole_segments(data: bytes) -> list[tuple[int, bytes]]:
