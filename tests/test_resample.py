@@ -41,6 +41,13 @@ def srgb(pixels: np.ndarray) -> pyvips.Image:
 def test_greyscale_equals_libvips_on_every_colour() -> None:
     expected = libvips_pixels(srgb(EVERY_COLOUR_RGB).colourspace("b-w"))
     assert np.array_equal(resample.srgb_to_grey(EVERY_COLOUR_RGB), expected)
+    # small images take the formula instead of the lookup tables: every colour again,
+    # as 1,024 images of 128 x 128
+    tiles = EVERY_COLOUR_RGB.reshape(32, 128, 32, 128, 3).swapaxes(1, 2).reshape(-1, 128, 128, 3)
+    small = np.stack([resample.srgb_to_grey(tile) for tile in tiles])
+    assert np.array_equal(
+        small, expected.reshape(32, 128, 32, 128).swapaxes(1, 2).reshape(-1, 128, 128)
+    )
 
 
 SIZES = [(32, 32), (33, 900), (65, 1540), (100, 75), (127, 128), (300, 1959), (640, 480)]

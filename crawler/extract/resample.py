@@ -75,8 +75,14 @@ def _srgb_to_linear_table() -> np.ndarray:
 _LINEAR_TO_SRGB: Final = _linear_to_srgb_table()
 _LINEAR_BASE: Final = _LINEAR_TO_SRGB[:-1].astype(np.float32)
 _LINEAR_STEPS: Final = (_LINEAR_TO_SRGB[1:] - _LINEAR_TO_SRGB[:-1]).astype(np.float32)
+# Each band's share of the luminance, by 8-bit value: vips_col_scRGB2BW's weights times
+# linear light, in single precision.
+_LINEAR_BY_BAND: Final = tuple(weight * _srgb_to_linear_table() for weight in _LUMINANCE)
 # The grey of a luminance is a step function of it: see _grey_tables.
 _RANGE_SHIFT: Final = 12
+# Up to this many pixels (a reduced JPEG or WebP, a palette) the formula itself is faster
+# than _grey_tables' half-megabyte lookups, which miss the cache between two images.
+_FORMULA_MOST_PIXELS: Final = 16_384
 
 
 def _grey_of_luminance(luminance: np.ndarray) -> np.ndarray:
@@ -96,7 +102,7 @@ def _grey_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     luminance's float32 (a range of 4096 floats), the grey where it is one value over the
     whole range, and which ranges hold a step of it and need the exact formula.
     """
-    red, green, blue = (weight * _srgb_to_linear_table() for weight in _LUMINANCE)
+    red, green, blue = _LINEAR_BY_BAND
     red_green = (red[:, None] + green[None, :]).reshape(-1)
     # Luminance is at most 1 (the weights sum to 1), a few ulps more by rounding.
     ranges = (int(np.float32(1.01).view(np.uint32)) >> _RANGE_SHIFT) + 1
@@ -108,8 +114,12 @@ def _grey_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def srgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     """``colourspace("b-w")`` of an 8-bit sRGB image (height x width x 3, uint8)."""
-    red_green, blue, grey_by_range, step_in_range = _grey_tables()
     pixels = np.ascontiguousarray(rgb).reshape(-1, 3)
+    if len(pixels) <= _FORMULA_MOST_PIXELS:
+        red, green, blue = _LINEAR_BY_BAND
+        luminance = (red[pixels[:, 0]] + green[pixels[:, 1]]) + blue[pixels[:, 2]]
+        return _grey_of_luminance(luminance).reshape(rgb.shape[:2])
+    red_green, blue, grey_by_range, step_in_range = _grey_tables()
     luminance = np.take(red_green, pixels[:, :2].view(">u2")[:, 0]) + np.take(blue, pixels[:, 2])
     ranges = luminance.view(np.uint32) >> _RANGE_SHIFT
     grey = np.take(grey_by_range, ranges, mode="clip")
@@ -220,9 +230,15 @@ def _reduction(
 def _box_shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
     """vips_shrinkv with ``ceil``: rows averaged in groups, the last row repeated to fill the
     last group, rounded with libvips' fixed-point reciprocal."""
-    groups = -(-pixels.shape[0] // factor)
-    padded = np.pad(pixels, ((0, groups * factor - pixels.shape[0]), (0, 0)), mode="edge")
-    sums = padded.reshape(groups, factor, -1).sum(axis=1, dtype=np.uint32)
+    whole, left = divmod(pixels.shape[0], factor)
+    sums = np.empty((whole + (left > 0), *pixels.shape[1:]), dtype=np.uint32)
+    body = pixels[: whole * factor]
+    sums[:whole] = body[::factor]
+    for row in range(1, factor):  # strided adds: faster than a casting sum over an axis
+        sums[:whole] += body[row::factor]
+    if left:
+        rest = pixels[whole * factor :]
+        sums[whole] = rest.sum(axis=0, dtype=np.uint32) + np.uint32(factor - left) * rest[-1]
     multiplier = np.uint32((1 << 32) // (256 * factor))
     return (((sums + np.uint32(factor // 2)) * multiplier) >> np.uint32(24)).astype(np.uint8)
 
