@@ -106,3 +106,16 @@ def test_pillow_reads_the_same_picture() -> None:
     reference = Image.open(io.BytesIO(PLAIN))
     assert pixels.to_pillow().tobytes() == reference.tobytes()
     assert pixels.to_pillow().getpalette() == reference.getpalette()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "skip"), [(48, 64, 1), (47, 64, 1), (5, 7, 0), (6, 7, 0)]
+)
+def test_palette_lookups_two_at_a_time_give_each_pixels_entry(
+    height: int, width: int, skip: int
+) -> None:
+    rng = np.random.default_rng(height * width)
+    rows = rng.integers(0, 256, (height, width + skip), dtype=np.uint8)
+    table = rng.integers(0, 256, 256, dtype=np.uint8)
+    pixels = png.PalettePixels(rows, skip, bytes(768), None)
+    assert np.array_equal(pixels.looked_up(table), table[rows[:, skip:]])

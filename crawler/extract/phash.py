@@ -281,7 +281,9 @@ def _palette_grey(reduced: PalettePixels) -> np.ndarray | None:
     palette = np.frombuffer(reduced.palette, dtype=np.uint8).reshape(1, -1, 3)
     profile = reduced.icc_profile
     grey = resample.srgb_to_grey(icc.to_srgb(palette, profile) if profile else palette)
-    return np.take(grey[0], reduced.indices)
+    table = np.zeros(256, dtype=np.uint8)  # entries past the palette are never looked up
+    table[: grey.shape[1]] = grey[0]
+    return reduced.looked_up(table)
 
 
 def _profile(reduced: ReducedImage) -> bytes | None:

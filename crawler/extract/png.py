@@ -35,23 +35,41 @@ _DEFAULT_PIXELS_PER_MM: Final = 72.0 / 25.4  # libvips' default: 72 dpi
 
 @dataclass(frozen=True)
 class PalettePixels:
-    """A palette image as decoded: its indices (height x width), the RGB colours they
-    index, and the colour profile that applies to those."""
+    """A palette image as decoded: its indices, the RGB colours they index, and the colour
+    profile that applies to those. The indices are ``rows`` (height x (skip + width)) less
+    the first ``skip`` bytes of each, as a PNG's rows begin with their filter type."""
 
-    indices: np.ndarray
+    rows: np.ndarray
+    skip: int
     palette: bytes
     icc_profile: bytes | None
 
     @property
+    def indices(self) -> np.ndarray:
+        return self.rows[:, self.skip :]
+
+    @property
     def size(self) -> tuple[int, int]:
-        return self.indices.shape[1], self.indices.shape[0]
+        return self.rows.shape[1] - self.skip, self.rows.shape[0]
+
+    def looked_up(self, table: np.ndarray) -> np.ndarray:
+        """``table[indices]`` for a table of 256 bytes. Two indices at a time, through a
+        table of pairs: numpy widens every index to 64 bits to look it up, and half as
+        many lookups took 0.34 against 0.48 ms on 800 x 600."""
+        flat = self.rows.reshape(-1)
+        if flat.size % 2:
+            return np.take(table, self.indices)
+        wide = table.astype("<u2")
+        pairs = (wide[None, :] | wide[:, None] << 8).reshape(-1)  # [second, first]
+        both = np.take(pairs, flat.view("<u2")).view(np.uint8)
+        return both.reshape(self.rows.shape)[:, self.skip :]
 
     @classmethod
     def from_pillow(cls, picture: Image.Image) -> "PalettePixels":
         """The pixels of a Pillow ``P`` image."""
         profile = picture.info.get("icc_profile")
         palette = bytes(picture.getpalette("RGB") or ())
-        return cls(np.asarray(picture), palette, bytes(profile) if profile else None)
+        return cls(np.asarray(picture), 0, palette, bytes(profile) if profile else None)
 
     def to_pillow(self) -> Image.Image:
         picture = Image.frombytes("P", self.size, np.ascontiguousarray(self.indices).tobytes())
@@ -77,10 +95,9 @@ def palette_indices(data: bytes) -> PalettePixels | None:
     if rows is None:
         return None
     table = np.frombuffer(rows, dtype=np.uint8).reshape(height, width + 1)
-    indices = table[:, 1:]
-    if table[:, 0].any() or int(indices.max()) >= len(palette) // 3:
+    if table[:, 0].any() or int(table[:, 1:].max()) >= len(palette) // 3:
         return None
-    return PalettePixels(indices, palette, profile or None)
+    return PalettePixels(table, 1, palette, profile or None)
 
 
 def plain_header(data: bytes) -> tuple[int, int, int, bool, float] | None:
