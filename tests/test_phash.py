@@ -3,11 +3,13 @@ input, and the arithmetic on hash values."""
 
 import io
 import logging
+import sys
 import time
 from typing import Any
 
 import imagehash
 import numpy as np
+import PIL
 import pytest
 import pyvips
 from hypothesis import HealthCheck, given, settings
@@ -154,6 +156,18 @@ def test_without_libwebp_at_hand_a_webp_is_hashed_by_libvips(
     header = read_header(data, pixel_limit=PIXEL_LIMIT)
     assert decode_webp_as_libvips(data, header, 0.5) is None
     assert imagekit_hex(data) == direct
+
+
+def test_a_pillow_without_webp_leaves_webps_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = webp_of((640, 480), quality=80)
+    expected = imagekit_hex(data)
+    monkeypatch.setitem(sys.modules, "PIL._webp", None)  # importing it raises ImportError
+    monkeypatch.delattr(PIL, "_webp", raising=False)
+    libwebp._libwebp.cache_clear()
+    try:
+        assert imagekit_hex(data) == expected
+    finally:
+        libwebp._libwebp.cache_clear()
 
 
 def sharp_phash_bits(samples: np.ndarray) -> int:

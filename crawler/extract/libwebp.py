@@ -10,6 +10,7 @@ the system's); it is found among the process's loaded libraries. Where it cannot
 or has another ABI, ``decode_rgb`` gives None and libvips decodes as before.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -123,8 +124,10 @@ def decode_rgb(data: bytes, width: int, height: int, scaled: bool) -> np.ndarray
 
 @functools.cache
 def _libwebp() -> ctypes.CDLL | None:
-    """Pillow's libwebp, with the 1.x decoder ABI, or None."""
-    from PIL import _webp  # noqa: F401  (loads Pillow's libwebp into the process)
+    """Pillow's libwebp (or the system's), with the 1.x decoder ABI, or None."""
+    # Importing Pillow's plugin loads its libwebp; a Pillow built without WebP has none.
+    with contextlib.suppress(ImportError):
+        from PIL import _webp  # noqa: F401
 
     for path in (*_loaded_libwebp(), ctypes.util.find_library("webp")):
         if not path:
