@@ -117,10 +117,12 @@ ANSWERED: dict[str, Callable[[], bytes]] = {
     "grey png": lambda: saved(photo("L"), "PNG"),
     "palette png": lambda: PNG_PALETTE,
     "interlaced png": lambda: saved(photo(), "PNG", interlace=1),
-    "png with a profile": lambda: saved(photo(), "PNG", icc_profile=SRGB_PROFILE),
     "png 300 dpi": lambda: with_chunk(PNG_RGB, b"pHYs", phys(1, 11811, 11811)),
     "png unit 0": lambda: with_chunk(PNG_RGB, b"pHYs", phys(0, 3, 2)),
     "png text": lambda: with_chunk(PNG_RGB, b"tEXt", b"Software\0crawler"),
+    "png two texts": lambda: with_chunk(
+        with_chunk(PNG_RGB, b"tEXt", b"Software\0crawler"), b"tEXt", b"Title\0a picture"
+    ),
     "png gamma": lambda: with_chunk(PNG_RGB, b"gAMA", struct.pack(">I", 45455)),
 }
 LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
@@ -148,8 +150,16 @@ LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
     "png bad crc": lambda: PNG_RGB[:-20] + bytes([PNG_RGB[-20] ^ 1]) + PNG_RGB[-19:],
     "png unknown critical chunk": lambda: with_chunk(PNG_RGB, b"ABCD", b""),
     "png pHYs unit 2": lambda: with_chunk(PNG_RGB, b"pHYs", phys(2, 300, 300)),
-    "png bad profile name": lambda: with_chunk(
-        PNG_RGB, b"iCCP", b" sRGB\0\0" + zlib.compress(SRGB_PROFILE)
+    # libpng keeps only the profiles its checks pass (libvips found none in this one)
+    "png with a profile": lambda: saved(photo(), "PNG", icc_profile=SRGB_PROFILE),
+    "grey png with an RGB profile": lambda: saved(photo("L"), "PNG", icc_profile=SRGB_PROFILE),
+    "png with exif as text": lambda: with_chunk(
+        PNG_RGB, b"tEXt", b"Raw profile type exif\0\nexif\n      8\n45786966000049492a00\n"
+    ),
+    "png wider than libvips reads": lambda: (
+        PNG_RGB[:8]
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000_001, 1, 8, 2, 0, 0, 0))
+        + PNG_RGB[33:]
     ),
 }
 

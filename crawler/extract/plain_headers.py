@@ -3,14 +3,14 @@
 Opening an image with libvips just to read its header took 0.4-0.7 ms on web-sized images
 in the extraction benchmark: a quarter of a small JPEG's whole extraction. For the plain
 files most of the web serves, the facts are a few bytes away. ``read`` answers only where
-they are certain to be libvips' own (its jpeg2vips.c and webp2vips.c, repeated here); for
-anything else it gives None and libvips reads the header:
+they are certain to be libvips' own (its jpeg2vips.c, exif.c, vipspng.c and webp2vips.c,
+repeated here); for anything else it gives None and libvips reads the header:
 
 - a JPEG whose EXIF block is anything but plain (libvips takes orientation and resolution
   from it through libexif; see ``_exif_ifd0``), a frame other than 8-bit Huffman with 1 or
   3 components, or marker segments that do not run whole up to the first scan;
-- a PNG other than an opaque 8-bit grey, RGB or palette one whose chunks before the
-  pixels are whole and known (``png.plain_header``);
+- a PNG other than an opaque 8-bit grey, RGB or palette one without a colour profile or
+  EXIF, whose chunks before the pixels are whole and known (``png.plain_header``);
 - a WebP other than a lossy one in the simple format (one VP8 chunk: no alpha, colour
   profile, animation or metadata).
 """

@@ -31,6 +31,7 @@ _LARGEST_PROFILE: Final = 16 << 20  # ICC profiles run to a few MB at most
 # isal's stubs give its error as an instance of Exception; it is a class.
 _INFLATE_ERROR: Final[type[Exception]] = isal_zlib.error  # type: ignore[assignment]
 _DEFAULT_PIXELS_PER_MM: Final = 72.0 / 25.4  # libvips' default: 72 dpi
+_LARGEST_SIDE: Final = 10_000_000  # VIPS_MAX_COORD, libvips' png_set_user_limits
 
 
 @dataclass(frozen=True)
@@ -102,28 +103,28 @@ def palette_indices(data: bytes) -> PalettePixels | None:
 
 def plain_header(data: bytes) -> tuple[int, int, int, bool, float] | None:
     """(width, height, bands, has colour profile, pixels per mm) of an opaque 8-bit grey,
-    RGB or palette PNG as libvips' loader (libspng) states them, from the chunks before
-    the first IDAT; None where libvips might read them otherwise: transparency, EXIF (its
-    orientation), a chunk unknown, damaged, repeated or out of order."""
-    pixels_per_mm, seen = _DEFAULT_PIXELS_PER_MM, set()
+    RGB or palette PNG without a colour profile, as libvips' loader (vipspng.c, on libpng)
+    states them, from the chunks before the first IDAT; None where libvips might read them
+    otherwise: a profile (libpng keeps only those its checks pass, such as a colour space
+    that fits the image), transparency, EXIF (an eXIf chunk, or ImageMagick's "Raw profile
+    type" text), a chunk unknown, damaged, repeated or out of order."""
+    pixels_per_mm, seen = _DEFAULT_PIXELS_PER_MM, set[bytes]()
     layout: tuple[int, ...] = ()
     for kind, body in _walk(data):
-        if kind in seen or not _PLAIN_CHECKS.get(kind, _never)(body):
+        if kind in seen - {b"tEXt", b"zTXt", b"iTXt"} or not _PLAIN_CHECKS.get(kind, _never)(body):
             return None
         seen.add(kind)
         if kind == b"IHDR":
             layout = struct.unpack(">IIBBBBB", body)
-        elif kind == b"iCCP" and (b"PLTE" in seen or _profile(body) is None):
-            return None  # libspng wants it before the palette
         elif kind == b"pHYs":
             ppu_x = int.from_bytes(body[:4], "big")
             pixels_per_mm = ppu_x / 1000.0 if body[8] == 1 else float(ppu_x)  # 1: per metre
         elif kind == b"IDAT":
             width, height, _, colour_type, *_ = layout
-            if {b"iCCP", b"sRGB"} <= seen or (colour_type == 3) != (b"PLTE" in seen):
+            if (colour_type == 3) != (b"PLTE" in seen):
                 return None
             bands = 1 if colour_type == 0 else 3
-            return width, height, bands, b"iCCP" in seen, pixels_per_mm
+            return width, height, bands, False, pixels_per_mm
     return None
 
 
@@ -132,12 +133,18 @@ def _never(body: bytes) -> bool:
 
 
 def _ihdr_ok(body: bytes) -> bool:
-    """An 8-bit grey, RGB or palette image libspng takes."""
+    """An 8-bit grey, RGB or palette image within the sides libvips lets libpng read."""
     width, height, *layout = struct.unpack(">IIBBBBB", body)
     depth, colour_type, compression, filtering, interlace = layout
-    sides_ok = 0 < width < 1 << 31 and 0 < height < 1 << 31
+    sides_ok = 0 < width <= _LARGEST_SIDE and 0 < height <= _LARGEST_SIDE
     layout_ok = depth == 8 and colour_type in (0, 2, 3) and compression == filtering == 0
     return sides_ok and layout_ok and interlace in (0, 1)
+
+
+def _text_ok(body: bytes) -> bool:
+    """A text chunk with a valid keyword that is not EXIF in ImageMagick's form, which
+    libvips reads as EXIF."""
+    return _keyword_ok(body) and not body.startswith(b"Raw profile type")
 
 
 def _numbers_ok(body: bytes, count: int) -> bool:
@@ -223,18 +230,17 @@ def _inflated(compressed: bytes, most: int, *, exactly: bool = True) -> bytes | 
     return inflated if inflater.eof and not inflater.unused_data else None
 
 
-# The chunks plain_header reads through, each at most once before the first IDAT, with the
-# checks libspng makes of them (where one fails, libspng may fail the whole header).
+# The chunks plain_header reads through before the first IDAT (each once, but text), and
+# what they must be for libpng to read them as they say (it has more to say of the rest).
 _PLAIN_CHECKS: Final = {
     b"IHDR": _ihdr_ok,
     b"PLTE": lambda body: 0 < len(body) <= 768 and len(body) % 3 == 0,
-    b"iCCP": _keyword_ok,
     b"pHYs": lambda body: len(body) == 9 and body[8] <= 1 and _numbers_ok(body[:8], 2),
     b"gAMA": lambda body: _numbers_ok(body, 1) and body != bytes(4),
     b"cHRM": lambda body: _numbers_ok(body, 8),
     b"sRGB": lambda body: len(body) == 1 and body[0] <= 3,
-    b"tEXt": _keyword_ok,
-    b"zTXt": _keyword_ok,
-    b"iTXt": _keyword_ok,
+    b"tEXt": _text_ok,
+    b"zTXt": _text_ok,
+    b"iTXt": _text_ok,
     b"IDAT": lambda body: True,
 }
