@@ -121,6 +121,22 @@ def test_profiles_libvips_treats_otherwise_are_left_to_it() -> None:
     assert not icc.can_convert(b"not a profile")
 
 
+def test_without_little_cms_at_hand_libvips_converts_profiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_shared()
+    data = (CORPUS / "imagekit-docs/second.jpg").read_bytes()  # sharp's pHash: conformance
+    header = read_header(data, pixel_limit=PIXEL_LIMIT)
+    expected = compute(data, header, "imagekit")
+    icc._transform.cache_clear()
+    monkeypatch.setattr(icc, "_lcms", lambda: None)
+    try:
+        assert not icc.can_convert(Image.open(io.BytesIO(data)).info["icc_profile"])
+        assert compute(data, header, "imagekit") == expected
+    finally:
+        icc._transform.cache_clear()
+
+
 def _sharp_operations(data: bytes) -> int:
     """The pHash through libvips alone, the operations of sharp 0.35.5's pipeline."""
     image = pyvips.Image.new_from_buffer(data, "", access="sequential")

@@ -10,19 +10,16 @@ the system's); it is found among the process's loaded libraries. Where it cannot
 or has another ABI, ``decode_rgb`` gives None and libvips decodes as before.
 """
 
-import contextlib
 import ctypes
-import ctypes.util
 import functools
-import re
-from pathlib import Path
 from typing import Final
 
 import numpy as np
 
+from crawler.extract import native
+
 _DECODER_ABI: Final = 0x0209  # WEBP_DECODER_ABI_VERSION of libwebp 1.x
 _MODE_RGB: Final = 0
-_LOADED_LIBWEBP: Final = re.compile(r"\s(/\S*/libwebp[-.][^/\s]*\.so[^/\s]*)$")
 
 
 class _BitstreamFeatures(ctypes.Structure):
@@ -125,17 +122,10 @@ def decode_rgb(data: bytes, width: int, height: int, scaled: bool) -> np.ndarray
 @functools.cache
 def _libwebp() -> ctypes.CDLL | None:
     """Pillow's libwebp (or the system's), with the 1.x decoder ABI, or None."""
-    # Importing Pillow's plugin loads its libwebp; a Pillow built without WebP has none.
-    with contextlib.suppress(ImportError):
-        from PIL import _webp  # noqa: F401
-
-    for path in (*_loaded_libwebp(), ctypes.util.find_library("webp")):
-        if not path:
-            continue
+    for library in native.load("libwebp", "PIL._webp", "webp"):
         try:
-            library = ctypes.CDLL(path)
             version = library.WebPGetDecoderVersion()
-        except (OSError, AttributeError):
+        except AttributeError:
             continue
         if version >> 16 == 1:
             library.WebPInitDecoderConfigInternal.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -143,13 +133,3 @@ def _libwebp() -> ctypes.CDLL | None:
             library.WebPDecode.restype = ctypes.c_int
             return library
     return None
-
-
-def _loaded_libwebp() -> list[str]:
-    """The libwebp files mapped into this process (Linux), libwebpdemux and such left out."""
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return []
-    found = (_LOADED_LIBWEBP.search(line) for line in maps)
-    return list(dict.fromkeys(match.group(1) for match in found if match))
