@@ -60,6 +60,12 @@ def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
     return png[:33] + png_chunk(kind, body) + png[33:]
 
 
+def before_pixels(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """``png`` with a chunk inserted right before its first IDAT."""
+    at = png.index(b"IDAT") - 4
+    return png[:at] + png_chunk(kind, body) + png[at:]
+
+
 def phys(unit: int, x: int, y: int) -> bytes:
     return struct.pack(">IIB", x, y, unit)
 
@@ -124,6 +130,8 @@ ANSWERED: dict[str, Callable[[], bytes]] = {
         with_chunk(PNG_RGB, b"tEXt", b"Software\0crawler"), b"tEXt", b"Title\0a picture"
     ),
     "png gamma": lambda: with_chunk(PNG_RGB, b"gAMA", struct.pack(">I", 45455)),
+    "png with a profile": lambda: saved(photo(), "PNG", icc_profile=SRGB_PROFILE),
+    "palette png with a profile": lambda: saved(photo("P"), "PNG", icc_profile=SRGB_PROFILE),
 }
 LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
     "exif orientation a LONG": lambda: with_exif(JPEG, orientation(6, LONG)),
@@ -150,9 +158,20 @@ LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
     "png bad crc": lambda: PNG_RGB[:-20] + bytes([PNG_RGB[-20] ^ 1]) + PNG_RGB[-19:],
     "png unknown critical chunk": lambda: with_chunk(PNG_RGB, b"ABCD", b""),
     "png pHYs unit 2": lambda: with_chunk(PNG_RGB, b"pHYs", phys(2, 300, 300)),
-    # libpng keeps only the profiles its checks pass (libvips found none in this one)
-    "png with a profile": lambda: saved(photo(), "PNG", icc_profile=SRGB_PROFILE),
+    # libpng keeps only the profiles its checks pass: not an RGB one on grey pixels
     "grey png with an RGB profile": lambda: saved(photo("L"), "PNG", icc_profile=SRGB_PROFILE),
+    "png with a profile after its palette": lambda: before_pixels(
+        PNG_PALETTE, b"iCCP", b"sRGB\0\0" + zlib.compress(SRGB_PROFILE)
+    ),
+    "png with a profile and sRGB": lambda: with_chunk(
+        saved(photo(), "PNG", icc_profile=SRGB_PROFILE), b"sRGB", b"\0"
+    ),
+    "png with a profile of the wrong signature": lambda: saved(
+        photo(), "PNG", icc_profile=SRGB_PROFILE[:36] + b"xxxx" + SRGB_PROFILE[40:]
+    ),
+    "png with a profile longer than it says": lambda: saved(
+        photo(), "PNG", icc_profile=SRGB_PROFILE + bytes(4)
+    ),
     "png with exif as text": lambda: with_chunk(
         PNG_RGB, b"tEXt", b"Raw profile type exif\0\nexif\n      8\n45786966000049492a00\n"
     ),

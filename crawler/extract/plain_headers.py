@@ -9,8 +9,9 @@ repeated here); for anything else it gives None and libvips reads the header:
 - a JPEG whose EXIF block is anything but plain (libvips takes orientation and resolution
   from it through libexif; see ``_exif_ifd0``), a frame other than 8-bit Huffman with 1 or
   3 components, or marker segments that do not run whole up to the first scan;
-- a PNG other than an opaque 8-bit grey, RGB or palette one without a colour profile or
-  EXIF, whose chunks before the pixels are whole and known (``png.plain_header``);
+- a PNG other than an opaque 8-bit grey, RGB or palette one without EXIF, whose chunks
+  before the pixels are whole and known, its colour profile one libpng keeps
+  (``png.plain_header``);
 - a WebP other than a lossy one in the simple format (one VP8 chunk: no alpha, colour
   profile, animation or metadata).
 """

@@ -103,29 +103,58 @@ def palette_indices(data: bytes) -> PalettePixels | None:
 
 def plain_header(data: bytes) -> tuple[int, int, int, bool, float] | None:
     """(width, height, bands, has colour profile, pixels per mm) of an opaque 8-bit grey,
-    RGB or palette PNG without a colour profile, as libvips' loader (vipspng.c, on libpng)
-    states them, from the chunks before the first IDAT; None where libvips might read them
-    otherwise: a profile (libpng keeps only those its checks pass, such as a colour space
-    that fits the image), transparency, EXIF (an eXIf chunk, or ImageMagick's "Raw profile
-    type" text), a chunk unknown, damaged, repeated or out of order."""
+    RGB or palette PNG as libvips' loader (vipspng.c, on libpng 1.6) states them, from the
+    chunks before the first IDAT; None where libvips might read them otherwise: a colour
+    profile libpng might not keep (``_profile_libpng_keeps``), transparency, EXIF (an eXIf
+    chunk, or ImageMagick's "Raw profile type" text), a chunk unknown, damaged, repeated or
+    out of order."""
     pixels_per_mm, seen = _DEFAULT_PIXELS_PER_MM, set[bytes]()
     layout: tuple[int, ...] = ()
     for kind, body in _walk(data):
-        if kind in seen - {b"tEXt", b"zTXt", b"iTXt"} or not _PLAIN_CHECKS.get(kind, _never)(body):
+        repeated = kind in seen - {b"tEXt", b"zTXt", b"iTXt"}
+        if repeated or not _PLAIN_CHECKS.get(kind, _never)(body):
             return None
         seen.add(kind)
         if kind == b"IHDR":
             layout = struct.unpack(">IIBBBBB", body)
+        elif kind == b"iCCP" and (b"PLTE" in seen or not _profile_libpng_keeps(body, layout[3])):
+            return None  # libpng skips a profile after the palette
         elif kind == b"pHYs":
             ppu_x = int.from_bytes(body[:4], "big")
             pixels_per_mm = ppu_x / 1000.0 if body[8] == 1 else float(ppu_x)  # 1: per metre
         elif kind == b"IDAT":
             width, height, _, colour_type, *_ = layout
-            if (colour_type == 3) != (b"PLTE" in seen):
+            if {b"iCCP", b"sRGB"} <= seen or (colour_type == 3) != (b"PLTE" in seen):
                 return None
             bands = 1 if colour_type == 0 else 3
-            return width, height, bands, False, pixels_per_mm
+            return width, height, bands, b"iCCP" in seen, pixels_per_mm
     return None
+
+
+def _profile_libpng_keeps(chunk: bytes, colour_type: int) -> bool:
+    """Whether libpng keeps an iCCP chunk's profile (png_handle_iCCP, then the checks of
+    png_icc_check_header and png_icc_check_tag_table, those it only warns of let pass):
+    it must inflate to the length it states, fit the image's colour (RGB for colour
+    types, grey for grey), be no abstract or device link profile, and hold its tags."""
+    profile = _profile(chunk) if _keyword_ok(chunk) else None
+    if profile is None or len(profile) < 132:
+        return False
+    length, tag_count = int.from_bytes(profile[:4], "big"), int.from_bytes(profile[128:132], "big")
+    space = b"RGB " if colour_type & 2 else b"GRAY"
+    header_ok = (
+        length == len(profile)
+        and not (profile[8] > 3 and length & 3)
+        and 132 + 12 * tag_count <= length
+        and int.from_bytes(profile[64:68], "big") < 0xFFFF
+        and profile[36:40] == b"acsp"
+        and profile[16:20] == space
+        and profile[12:16] not in (b"abst", b"link")
+        and profile[20:24] in (b"XYZ ", b"Lab ")
+    )
+    if not header_ok:
+        return False
+    tags = (struct.unpack_from(">II", profile, 136 + 12 * tag) for tag in range(tag_count))
+    return all(start <= length and size <= length - start for start, size in tags)
 
 
 def _never(body: bytes) -> bool:
@@ -235,6 +264,7 @@ def _inflated(compressed: bytes, most: int, *, exactly: bool = True) -> bytes | 
 _PLAIN_CHECKS: Final = {
     b"IHDR": _ihdr_ok,
     b"PLTE": lambda body: 0 < len(body) <= 768 and len(body) % 3 == 0,
+    b"iCCP": lambda body: True,  # checked in plain_header, which knows the colour type
     b"pHYs": lambda body: len(body) == 9 and body[8] <= 1 and _numbers_ok(body[:8], 2),
     b"gAMA": lambda body: _numbers_ok(body, 1) and body != bytes(4),
     b"cHRM": lambda body: _numbers_ok(body, 8),
