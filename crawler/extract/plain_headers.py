@@ -11,7 +11,7 @@ repeated here); for anything else it gives None and libvips reads the header:
   3 components, or marker segments that do not run whole up to the first scan;
 - a PNG other than an opaque 8-bit grey, RGB or palette one without EXIF, whose chunks
   before the pixels are whole and known, its colour profile one libpng keeps
-  (``png.plain_header``);
+  (``_png``);
 - a WebP other than a lossy one in the simple format (one VP8 chunk: no alpha, colour
   profile, animation or metadata).
 """
@@ -36,6 +36,7 @@ _EXIF_READ: Final = {
     _RESOLUTION_UNIT: _SHORT,
 }
 _SUB_IFD_POINTERS: Final = frozenset({0x8769, 0x8825, 0xA005})  # Exif, GPS, Interop
+_LARGEST_PNG_SIDE: Final = 10_000_000  # VIPS_MAX_COORD, libvips' png_set_user_limits
 
 
 class PlainHeader(NamedTuple):
@@ -53,8 +54,8 @@ def read(data: bytes, image_format: str) -> PlainHeader | None:
         return _jpeg(data)
     if image_format == "webp":
         return _simple_lossy_webp(data)
-    if image_format == "png" and (facts := png.plain_header(data)) is not None:
-        return PlainHeader(*facts)
+    if image_format == "png":
+        return _png(data)
     return None
 
 
@@ -197,3 +198,98 @@ def _simple_lossy_webp(data: bytes) -> PlainHeader | None:
     if not width or not height:
         return None
     return PlainHeader(width, height, 3, False, 1.0)  # libvips states no WebP resolution
+
+
+def _png(data: bytes) -> PlainHeader | None:
+    """The header of an opaque 8-bit grey, RGB or palette PNG as libvips' loader (vipspng.c,
+    on libpng 1.6) states it, from the chunks before the first IDAT; None where libvips
+    might read it otherwise: a colour profile libpng might not keep
+    (``_profile_libpng_keeps``), transparency, EXIF (an eXIf chunk, or ImageMagick's "Raw
+    profile type" text), a chunk unknown, damaged, repeated or out of order."""
+    pixels_per_mm, seen = _DEFAULT_PIXELS_PER_MM, set[bytes]()
+    layout: tuple[int, ...] = ()
+    for kind, body in png.walk_chunks(data):
+        repeated = kind in seen - {b"tEXt", b"zTXt", b"iTXt"}
+        if repeated or not _PLAIN_CHECKS.get(kind, _never)(body):
+            return None
+        seen.add(kind)
+        if kind == b"IHDR":
+            layout = struct.unpack(">IIBBBBB", body)
+        elif kind == b"iCCP" and (b"PLTE" in seen or not _profile_libpng_keeps(body, layout[3])):
+            return None  # libpng skips a profile after the palette
+        elif kind == b"pHYs":
+            ppu_x = int.from_bytes(body[:4], "big")
+            pixels_per_mm = ppu_x / 1000.0 if body[8] == 1 else float(ppu_x)  # 1: per metre
+        elif kind == b"IDAT":
+            width, height, _, colour_type, *_ = layout
+            if {b"iCCP", b"sRGB"} <= seen or (colour_type == 3) != (b"PLTE" in seen):
+                return None
+            bands = 1 if colour_type == 0 else 3
+            return PlainHeader(width, height, bands, b"iCCP" in seen, pixels_per_mm)
+    return None
+
+
+def _profile_libpng_keeps(chunk: bytes, colour_type: int) -> bool:
+    """Whether libpng keeps an iCCP chunk's profile (png_handle_iCCP, then the checks of
+    png_icc_check_header and png_icc_check_tag_table, those it only warns of let pass):
+    it must inflate to the length it states, fit the image's colour (RGB for colour
+    types, grey for grey), be no abstract or device link profile, and hold its tags."""
+    profile = png.icc_profile(chunk) if png.keyword_ok(chunk) else None
+    if profile is None or len(profile) < 132:
+        return False
+    length, tag_count = int.from_bytes(profile[:4], "big"), int.from_bytes(profile[128:132], "big")
+    space = b"RGB " if colour_type & 2 else b"GRAY"
+    header_ok = (
+        length == len(profile)
+        and not (profile[8] > 3 and length & 3)
+        and 132 + 12 * tag_count <= length
+        and int.from_bytes(profile[64:68], "big") < 0xFFFF
+        and profile[36:40] == b"acsp"
+        and profile[16:20] == space
+        and profile[12:16] not in (b"abst", b"link")
+        and profile[20:24] in (b"XYZ ", b"Lab ")
+    )
+    if not header_ok:
+        return False
+    tags = (struct.unpack_from(">II", profile, 136 + 12 * tag) for tag in range(tag_count))
+    return all(start <= length and size <= length - start for start, size in tags)
+
+
+def _never(body: bytes) -> bool:
+    return False
+
+
+def _ihdr_ok(body: bytes) -> bool:
+    """An 8-bit grey, RGB or palette image within the sides libvips lets libpng read."""
+    width, height, *layout = struct.unpack(">IIBBBBB", body)
+    depth, colour_type, compression, filtering, interlace = layout
+    sides_ok = 0 < width <= _LARGEST_PNG_SIDE and 0 < height <= _LARGEST_PNG_SIDE
+    layout_ok = depth == 8 and colour_type in (0, 2, 3) and compression == filtering == 0
+    return sides_ok and layout_ok and interlace in (0, 1)
+
+
+def _text_ok(body: bytes) -> bool:
+    """A text chunk with a valid keyword that is not EXIF in ImageMagick's form, which
+    libvips reads as EXIF."""
+    return png.keyword_ok(body) and not body.startswith(b"Raw profile type")
+
+
+def _numbers_ok(body: bytes, count: int) -> bool:
+    return len(body) == 4 * count and all(n < 1 << 31 for n in struct.unpack(f">{count}I", body))
+
+
+# The chunks _png reads through before the first IDAT (each once, but text), and
+# what they must be for libpng to read them as they say (it has more to say of the rest).
+_PLAIN_CHECKS: Final = {
+    b"IHDR": _ihdr_ok,
+    b"PLTE": lambda body: 0 < len(body) <= 768 and len(body) % 3 == 0,
+    b"iCCP": lambda body: True,  # checked in _png, which knows the colour type
+    b"pHYs": lambda body: len(body) == 9 and body[8] <= 1 and _numbers_ok(body[:8], 2),
+    b"gAMA": lambda body: _numbers_ok(body, 1) and body != bytes(4),
+    b"cHRM": lambda body: _numbers_ok(body, 8),
+    b"sRGB": lambda body: len(body) == 1 and body[0] <= 3,
+    b"tEXt": _text_ok,
+    b"zTXt": _text_ok,
+    b"iTXt": _text_ok,
+    b"IDAT": lambda body: True,
+}

@@ -1,4 +1,4 @@
-"""The palette indices of a plain palette PNG, read without a PNG decoder.
+"""PNG chunks, and the palette indices of a plain palette PNG read without a decoder.
 
 An 8-bit palette PNG whose rows are all unfiltered (libpng's choice for palette images, and
 pngquant's) holds its indices as they are, one filter byte before each row: inflating the
@@ -30,8 +30,6 @@ _READ: Final = frozenset({b"IHDR", b"PLTE", b"iCCP"})
 _LARGEST_PROFILE: Final = 16 << 20  # ICC profiles run to a few MB at most
 # isal's stubs give its error as an instance of Exception; it is a class.
 _INFLATE_ERROR: Final[type[Exception]] = isal_zlib.error  # type: ignore[assignment]
-_DEFAULT_PIXELS_PER_MM: Final = 72.0 / 25.4  # libvips' default: 72 dpi
-_LARGEST_SIDE: Final = 10_000_000  # VIPS_MAX_COORD, libvips' png_set_user_limits
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def palette_indices(data: bytes) -> PalettePixels | None:
     chunks = _chunks(data)
     if chunks is None:
         return None
-    profile = _profile(chunks[b"iCCP"]) if b"iCCP" in chunks else b""
+    profile = icc_profile(chunks[b"iCCP"]) if b"iCCP" in chunks else b""
     width, height, *layout = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
     palette = chunks.get(b"PLTE", b"")
     if profile is None or tuple(layout) != _PALETTE_8_BIT or not palette or not width * height:
@@ -101,92 +99,13 @@ def palette_indices(data: bytes) -> PalettePixels | None:
     return PalettePixels(table, 1, palette, profile or None)
 
 
-def plain_header(data: bytes) -> tuple[int, int, int, bool, float] | None:
-    """(width, height, bands, has colour profile, pixels per mm) of an opaque 8-bit grey,
-    RGB or palette PNG as libvips' loader (vipspng.c, on libpng 1.6) states them, from the
-    chunks before the first IDAT; None where libvips might read them otherwise: a colour
-    profile libpng might not keep (``_profile_libpng_keeps``), transparency, EXIF (an eXIf
-    chunk, or ImageMagick's "Raw profile type" text), a chunk unknown, damaged, repeated or
-    out of order."""
-    pixels_per_mm, seen = _DEFAULT_PIXELS_PER_MM, set[bytes]()
-    layout: tuple[int, ...] = ()
-    for kind, body in _walk(data):
-        repeated = kind in seen - {b"tEXt", b"zTXt", b"iTXt"}
-        if repeated or not _PLAIN_CHECKS.get(kind, _never)(body):
-            return None
-        seen.add(kind)
-        if kind == b"IHDR":
-            layout = struct.unpack(">IIBBBBB", body)
-        elif kind == b"iCCP" and (b"PLTE" in seen or not _profile_libpng_keeps(body, layout[3])):
-            return None  # libpng skips a profile after the palette
-        elif kind == b"pHYs":
-            ppu_x = int.from_bytes(body[:4], "big")
-            pixels_per_mm = ppu_x / 1000.0 if body[8] == 1 else float(ppu_x)  # 1: per metre
-        elif kind == b"IDAT":
-            width, height, _, colour_type, *_ = layout
-            if {b"iCCP", b"sRGB"} <= seen or (colour_type == 3) != (b"PLTE" in seen):
-                return None
-            bands = 1 if colour_type == 0 else 3
-            return width, height, bands, b"iCCP" in seen, pixels_per_mm
-    return None
-
-
-def _profile_libpng_keeps(chunk: bytes, colour_type: int) -> bool:
-    """Whether libpng keeps an iCCP chunk's profile (png_handle_iCCP, then the checks of
-    png_icc_check_header and png_icc_check_tag_table, those it only warns of let pass):
-    it must inflate to the length it states, fit the image's colour (RGB for colour
-    types, grey for grey), be no abstract or device link profile, and hold its tags."""
-    profile = _profile(chunk) if _keyword_ok(chunk) else None
-    if profile is None or len(profile) < 132:
-        return False
-    length, tag_count = int.from_bytes(profile[:4], "big"), int.from_bytes(profile[128:132], "big")
-    space = b"RGB " if colour_type & 2 else b"GRAY"
-    header_ok = (
-        length == len(profile)
-        and not (profile[8] > 3 and length & 3)
-        and 132 + 12 * tag_count <= length
-        and int.from_bytes(profile[64:68], "big") < 0xFFFF
-        and profile[36:40] == b"acsp"
-        and profile[16:20] == space
-        and profile[12:16] not in (b"abst", b"link")
-        and profile[20:24] in (b"XYZ ", b"Lab ")
-    )
-    if not header_ok:
-        return False
-    tags = (struct.unpack_from(">II", profile, 136 + 12 * tag) for tag in range(tag_count))
-    return all(start <= length and size <= length - start for start, size in tags)
-
-
-def _never(body: bytes) -> bool:
-    return False
-
-
-def _ihdr_ok(body: bytes) -> bool:
-    """An 8-bit grey, RGB or palette image within the sides libvips lets libpng read."""
-    width, height, *layout = struct.unpack(">IIBBBBB", body)
-    depth, colour_type, compression, filtering, interlace = layout
-    sides_ok = 0 < width <= _LARGEST_SIDE and 0 < height <= _LARGEST_SIDE
-    layout_ok = depth == 8 and colour_type in (0, 2, 3) and compression == filtering == 0
-    return sides_ok and layout_ok and interlace in (0, 1)
-
-
-def _text_ok(body: bytes) -> bool:
-    """A text chunk with a valid keyword that is not EXIF in ImageMagick's form, which
-    libvips reads as EXIF."""
-    return _keyword_ok(body) and not body.startswith(b"Raw profile type")
-
-
-def _numbers_ok(body: bytes, count: int) -> bool:
-    return len(body) == 4 * count and all(n < 1 << 31 for n in struct.unpack(f">{count}I", body))
-
-
 def _chunks(data: bytes) -> dict[bytes, bytes] | None:
     """The bodies of IHDR, PLTE and iCCP, and the IDAT data joined; None where a chunk is
     unknown, out of order or fails its CRC, or the chunks say more than a plain image."""
     found: dict[bytes, bytes] = {}
     idat: list[bytes] = []
     previous = b""
-    for kind, body in _walk(data):
+    for kind, body in walk_chunks(data):
         if kind == b"IEND":
             return _complete(found, idat)
         if kind == b"IDAT":
@@ -201,7 +120,7 @@ def _chunks(data: bytes) -> dict[bytes, bytes] | None:
     return None
 
 
-def _walk(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+def walk_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(kind, body) of each chunk, IHDR first, as far as the chunks are whole, pass their
     CRC and IHDR comes once, first."""
     if not data.startswith(_SIGNATURE):
@@ -222,7 +141,7 @@ def _walk(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         offset = end
 
 
-def _keyword_ok(chunk: bytes) -> bool:
+def keyword_ok(chunk: bytes) -> bool:
     """A PNG keyword (the iCCP's profile name): 1-79 printable Latin-1 characters, no
     leading, trailing or doubled space."""
     name = chunk[: chunk.find(b"\0")] if b"\0" in chunk else b""
@@ -238,7 +157,7 @@ def _complete(found: dict[bytes, bytes], idat: list[bytes]) -> dict[bytes, bytes
     return {**found, b"IDAT": b"".join(idat)}
 
 
-def _profile(chunk: bytes) -> bytes | None:
+def icc_profile(chunk: bytes) -> bytes | None:
     """The ICC profile an iCCP chunk holds (a name, a zero byte, method 0, zlib data)."""
     name_end = chunk.find(b"\0", 0, 80)
     if name_end < 1 or chunk[name_end + 1 : name_end + 2] != b"\0":
@@ -257,20 +176,3 @@ def _inflated(compressed: bytes, most: int, *, exactly: bool = True) -> bytes | 
     except _INFLATE_ERROR:
         return None
     return inflated if inflater.eof and not inflater.unused_data else None
-
-
-# The chunks plain_header reads through before the first IDAT (each once, but text), and
-# what they must be for libpng to read them as they say (it has more to say of the rest).
-_PLAIN_CHECKS: Final = {
-    b"IHDR": _ihdr_ok,
-    b"PLTE": lambda body: 0 < len(body) <= 768 and len(body) % 3 == 0,
-    b"iCCP": lambda body: True,  # checked in plain_header, which knows the colour type
-    b"pHYs": lambda body: len(body) == 9 and body[8] <= 1 and _numbers_ok(body[:8], 2),
-    b"gAMA": lambda body: _numbers_ok(body, 1) and body != bytes(4),
-    b"cHRM": lambda body: _numbers_ok(body, 8),
-    b"sRGB": lambda body: len(body) == 1 and body[0] <= 3,
-    b"tEXt": _text_ok,
-    b"zTXt": _text_ok,
-    b"iTXt": _text_ok,
-    b"IDAT": lambda body: True,
-}
