@@ -147,6 +147,8 @@ LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
     ),
     "exif not tiff": lambda: with_exif(JPEG, tiff=b"XX*\0\x08\0\0\0" + bytes(20)),
     "exif directory past the end": lambda: with_exif(JPEG, tiff=b"II*\0\x08\0\0\0\xff\0"),
+    "exif cut in its tiff header": lambda: with_exif(JPEG, tiff=b"II*\0\x08"),
+    "exif of its header alone": lambda: with_segment(JPEG, 0xE1, b"Exif\0\0"),
     "cmyk jpeg": lambda: saved(photo("CMYK"), "JPEG"),
     "truncated jpeg header": lambda: JPEG[:300],
     "webp with alpha": lambda: saved(photo("RGBA"), "WEBP"),

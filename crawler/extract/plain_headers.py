@@ -97,7 +97,7 @@ def _exif_ifd0(block: bytes) -> tuple[int, float | None] | None:
     once each, of their standard types and counts, ahead of any sub-directory pointer (so
     that nothing libexif does on loading a broken sub-directory can cut them off)."""
     tiff = block[6:]
-    if not block.startswith(b"Exif\0\0") or tiff[:4] not in (b"II*\0", b"MM\0*"):
+    if not block.startswith(b"Exif\0\0") or len(tiff) < 8 or tiff[:4] not in (b"II*\0", b"MM\0*"):
         return None
     order = "<" if tiff[:2] == b"II" else ">"
     (ifd0,) = struct.unpack_from(f"{order}I", tiff, 4)
