@@ -262,7 +262,7 @@ def _numpy_grey(reduced: ReducedImage | PalettePixels) -> np.ndarray | None:
         mode = _VIPS_MODES.get((reduced.bands, reduced.format, reduced.interpretation), "")
         size = (reduced.width, reduced.height)
     profile = _profile(reduced)
-    if mode not in ("RGB", "L") or not _fits_numpy(mode, size, profile):
+    if not _fits_numpy(mode, size, profile):
         return None
     if isinstance(reduced, pyvips.Image):
         shape = (reduced.height, reduced.width, reduced.bands)

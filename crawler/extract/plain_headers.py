@@ -19,7 +19,7 @@ repeated here); for anything else it gives None and libvips reads the header:
 import struct
 from typing import Final, NamedTuple
 
-from crawler.extract import png
+from crawler.extract import decode_cost, png
 from crawler.extract.quality import jpeg_segments
 
 _HUFFMAN_FRAMES: Final = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive
@@ -191,13 +191,10 @@ def _simple_lossy_webp(data: bytes) -> PlainHeader | None:
     chunk_end = 20 + int.from_bytes(data[16:20], "little")
     if riff_end > len(data) or chunk_end < 30 or chunk_end + (chunk_end & 1) != riff_end:
         return None
-    if data[20] & 1 or data[23:26] != b"\x9d\x01\x2a":  # a key frame's start code
+    size = decode_cost.webp_size(data)  # the frame's, where its start code is a key frame's
+    if data[20] & 1 or size is None or not all(size):
         return None
-    width = int.from_bytes(data[26:28], "little") & 0x3FFF
-    height = int.from_bytes(data[28:30], "little") & 0x3FFF
-    if not width or not height:
-        return None
-    return PlainHeader(width, height, 3, False, 1.0)  # libvips states no WebP resolution
+    return PlainHeader(*size, 3, False, 1.0)  # libvips states no WebP resolution
 
 
 def _png(data: bytes) -> PlainHeader | None:
