@@ -171,6 +171,9 @@ LEFT_TO_LIBVIPS: dict[str, Callable[[], bytes]] = {
     "png with a profile of the wrong signature": lambda: saved(
         photo(), "PNG", icc_profile=SRGB_PROFILE[:36] + b"xxxx" + SRGB_PROFILE[40:]
     ),
+    "png with a bad profile name": lambda: with_chunk(
+        PNG_RGB, b"iCCP", b" sRGB\0\0" + zlib.compress(SRGB_PROFILE)
+    ),
     "png with a profile longer than it says": lambda: saved(
         photo(), "PNG", icc_profile=SRGB_PROFILE + bytes(4)
     ),
